@@ -1,0 +1,5 @@
+"""Sample-data generators and datalist readers/writers."""
+
+from common.data import datalist
+
+__all__ = ["datalist"]

@@ -1,0 +1,129 @@
+"""MSD-style datalists: loading with up-front checks, inference inputs, and partial-label merging.
+
+A datalist is JSON: ``{"training": [{"image": ..., "label": ..., "annotated_classes": [1, 3]}], ...}`` with paths
+relative to the dataset folder. ``annotated_classes`` lists the foreground classes delineated in a case; when
+it is absent every class is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.errors import InvalidInputError
+from common.transforms.partial_labels import annotation_indicator
+
+__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist", "write_json"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def write_json(data: object, path: str | os.PathLike) -> Path:
+    """Write ``data`` as JSON (4-space indent, final newline) atomically: temporary file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=4) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def _read_datalist(path: Path) -> dict:
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: datalist file does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{path}: not valid JSON ({error})") from error
+
+
+def load_datalist(
+    datalist: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    key: str = "training",
+    num_classes: int | None = None,
+    require_label: bool = True,
+) -> list[dict]:
+    """Read the ``key`` section of a datalist, make its paths absolute and check every entry up front.
+
+    Args:
+        datalist: the JSON file.
+        dataset_dir: folder the entries' relative paths start from; defaults to the datalist's folder.
+        key: the section, e.g. "training", "validation", "test".
+        num_classes: K; when given, ``annotated_classes`` must name classes in 1..K.
+        require_label: every entry must have a "label".
+
+    Returns:
+        the entries, with absolute "image"/"label" paths.
+
+    Raises:
+        InvalidInputError: naming the datalist, the entry and the problem, for every bad entry at once.
+    """
+    path = Path(datalist)
+    base = Path(dataset_dir) if dataset_dir is not None else path.parent
+    content = _read_datalist(path)
+    if key not in content or not isinstance(content[key], list):
+        raise InvalidInputError(f"{path}: no list under key '{key}' (keys: {sorted(content)})")
+    entries, problems = [], []
+    for index, entry in enumerate(content[key]):
+        entry = dict(entry) if isinstance(entry, dict) else {"image": entry}
+        problems += _check_entry(entry, index, base, num_classes, require_label)
+        for field in ("image", "label"):
+            if field in entry:
+                entry[field] = str(base / entry[field])
+        entries.append(entry)
+    if problems:
+        raise InvalidInputError(f"{path} ('{key}'): " + "; ".join(problems))
+    if not entries:
+        raise InvalidInputError(f"{path}: the '{key}' list is empty")
+    return entries
+
+
+def _check_entry(entry: dict, index: int, base: Path, num_classes: int | None, require_label: bool) -> list[str]:
+    problems = []
+    fields = ("image", "label") if require_label else ("image",)
+    for field in fields:
+        if field not in entry:
+            problems.append(f"entry {index} has no '{field}'")
+        elif not (base / entry[field]).is_file():
+            problems.append(f"entry {index}: {field} file {base / entry[field]} does not exist")
+    if num_classes is not None and "annotated_classes" in entry:
+        try:
+            annotation_indicator(entry["annotated_classes"], num_classes, source=f"entry {index}")
+        except InvalidInputError as error:
+            problems.append(str(error))
+    return problems
+
+
+def inference_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    key: str = "test",
+    input_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The images to segment: every image file in ``input_dir`` when given, else the datalist's ``key`` section.
+
+    Returns:
+        ``[{"image": absolute path}, ...]``.
+    """
+    if input_dir is None:
+        entries = load_datalist(datalist, dataset_dir, key=key, require_label=False)
+        return [{"image": entry["image"]} for entry in entries]
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder}: input_dir is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not images:
+        raise InvalidInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in input_dir")
+    return [{"image": str(p)} for p in images]
+
+
+def image_name_stem(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> str:
+    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
+    name = Path(path).name
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,5 @@
+"""Losses shared by the bundles."""
+
+from common.losses.smile import SmileLoss
+
+__all__ = ["SmileLoss"]

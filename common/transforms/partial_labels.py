@@ -1,0 +1,236 @@
+"""Transforms for partially annotated multi-organ data (SMILE, SMILEr).
+
+A case's datalist entry may carry ``annotated_classes``: the foreground classes (1..K) that were delineated in
+that volume. Voxels of a class that was never delineated are labelled background, so background is only a
+reliable negative for the annotated classes. The transforms here turn that list into a fixed-size indicator,
+simulate missing annotations on fully labelled data, and build the SMILE targets and ambiguity weight maps.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from common.errors import InvalidInputError
+
+__all__ = [
+    "AnnotatedClassesd",
+    "LabelMapToMultiLabel",
+    "LabelMapToMultiLabeld",
+    "ProbabilitiesToLabelMap",
+    "ProbabilitiesToLabelMapd",
+    "SimulateMissingAnnotationsd",
+    "SmileTarget",
+    "SmileTargetd",
+    "annotation_indicator",
+    "case_name",
+]
+
+
+def case_name(data: Mapping, key: str = "image") -> str:
+    """The file name of ``data[key]`` (from its metadata once loaded), used to name a case in messages and seeds."""
+    value = data.get(key)
+    if isinstance(value, MetaTensor):
+        value = value.meta.get("filename_or_obj", "")
+    return Path(str(value)).name if value is not None else "<unknown case>"
+
+
+def annotation_indicator(annotated_classes: Sequence[int] | None, num_classes: int, source: str = "") -> np.ndarray:
+    """Indicator of the annotated foreground classes.
+
+    Args:
+        annotated_classes: class indices in 1..K, or None for "every class is annotated".
+        num_classes: K, the number of foreground classes.
+        source: the case, named in the error message.
+
+    Returns:
+        uint8 array of shape (K,): element k-1 is 1 when class k is annotated.
+    """
+    if annotated_classes is None:
+        return np.ones(num_classes, dtype=np.uint8)
+    indicator = np.zeros(num_classes, dtype=np.uint8)
+    for value in annotated_classes:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= num_classes:
+            raise InvalidInputError(
+                f"{source}: annotated_classes names class {value!r}, but the classes are 1..{num_classes}"
+            )
+        indicator[value - 1] = 1
+    return indicator
+
+
+class AnnotatedClassesd(Transform):
+    """Replace the datalist's ``annotated_classes`` list (absent = all) with a (K,) uint8 indicator.
+
+    A fixed-size indicator collates into batches, which a variable-length list does not.
+    """
+
+    def __init__(self, num_classes: int, annotated_key: str = "annotated_classes", name_key: str = "image") -> None:
+        self.num_classes = num_classes
+        self.annotated_key = annotated_key
+        self.name_key = name_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        listed = d.get(self.annotated_key)
+        if isinstance(listed, (np.ndarray, torch.Tensor)) and len(listed) == self.num_classes:
+            return d
+        d[self.annotated_key] = annotation_indicator(listed, self.num_classes, source=case_name(d, self.name_key))
+        return d
+
+
+class SimulateMissingAnnotationsd(Transform):
+    """Simulate a partially labelled dataset: drop each annotated organ from each case with probability ``alpha``.
+
+    The decision depends only on ``seed`` and the case's file name, so a case loses the same organs in every
+    epoch and every process. Dropped organs are relabelled background and removed from the annotation
+    indicator; ``dropped_key`` records them as a (K,) uint8 indicator.
+
+    Args:
+        num_classes: K, the number of foreground classes.
+        missing_rate: alpha in [0, 1], the probability that an organ's delineation is removed from a case.
+        seed: the simulation's seed.
+        label_key: key of the integer label map, shape (1, *spatial).
+        annotated_key: key of the (K,) indicator made by :class:`AnnotatedClassesd`.
+        dropped_key: key written with the (K,) indicator of dropped classes.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        missing_rate: float,
+        seed: int = 0,
+        label_key: str = "label",
+        annotated_key: str = "annotated_classes",
+        dropped_key: str = "dropped_classes",
+    ) -> None:
+        if not 0.0 <= missing_rate <= 1.0:
+            raise ValueError(f"missing_rate must be in [0, 1], got {missing_rate}")
+        self.num_classes = num_classes
+        self.missing_rate = missing_rate
+        self.seed = seed
+        self.label_key = label_key
+        self.annotated_key = annotated_key
+        self.dropped_key = dropped_key
+
+    def dropped_classes(self, name: str, annotated: np.ndarray) -> np.ndarray:
+        """(K,) uint8 indicator of the annotated classes that case ``name`` loses."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        draws = rng.random(self.num_classes)
+        return ((draws < self.missing_rate) & (annotated > 0)).astype(np.uint8)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        annotated = np.asarray(d[self.annotated_key], dtype=np.uint8)
+        dropped = self.dropped_classes(case_name(d, self.label_key), annotated)
+        label = d[self.label_key]
+        for class_index in np.flatnonzero(dropped) + 1:
+            label = torch.where(label == int(class_index), torch.zeros_like(label), label)
+        d[self.label_key] = label
+        d[self.annotated_key] = annotated * (1 - dropped)
+        d[self.dropped_key] = dropped
+        return d
+
+
+class SmileTarget(Transform):
+    """SMILE targets and ambiguity weight map from an integer label map.
+
+    For each class k = 1..K: the target is ``label == k``. The weight is 1 everywhere when k is annotated in
+    the case; otherwise it is 1 only on voxels labelled with any foreground class (another organ, hence a
+    reliable negative for k; or k itself, positive labels being always trusted) and 0 on background, where an
+    undelineated organ k may hide.
+
+    Returns a float32 tensor of shape (2K, *spatial): channels 0..K-1 are the targets, K..2K-1 the weights.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, label: torch.Tensor, annotated: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            label: integer label map, shape (1, *spatial), values in 0..K.
+            annotated: (K,) indicator of the annotated classes.
+        """
+        classes = torch.arange(1, self.num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
+        targets = (label == classes).float()
+        known = torch.as_tensor(np.asarray(annotated), device=label.device).bool()
+        foreground = (label > 0).float().expand_as(targets)
+        weights = torch.where(known.view_as(classes), torch.ones_like(targets), foreground)
+        return torch.cat([targets, weights], dim=0)
+
+
+class SmileTargetd(MapTransform):
+    """Dictionary version of :class:`SmileTarget`: replaces ``keys`` with the (2K, *spatial) target stack."""
+
+    def __init__(
+        self, keys: KeysCollection, num_classes: int, annotated_key: str = "annotated_classes", allow_missing_keys=False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = SmileTarget(num_classes)
+        self.annotated_key = annotated_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key], d[self.annotated_key])
+        return d
+
+
+class ProbabilitiesToLabelMap(Transform):
+    """Per-class probabilities (K, *spatial) to a label map (1, *spatial).
+
+    A voxel is background (0) when no class reaches ``threshold``, else the class (1..K) of highest probability.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        best, index = probabilities.max(dim=0, keepdim=True)
+        return torch.where(best >= self.threshold, index + 1, torch.zeros_like(index)).to(torch.uint8)
+
+
+class ProbabilitiesToLabelMapd(MapTransform):
+    """Dictionary version of :class:`ProbabilitiesToLabelMap`."""
+
+    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ProbabilitiesToLabelMap(threshold)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class LabelMapToMultiLabel(Transform):
+    """Label map (1, *spatial) with values 0..K to K binary channels (K, *spatial), background dropped."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, label: torch.Tensor) -> torch.Tensor:
+        classes = torch.arange(1, self.num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
+        return (label == classes).float()
+
+
+class LabelMapToMultiLabeld(MapTransform):
+    """Dictionary version of :class:`LabelMapToMultiLabel`."""
+
+    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = LabelMapToMultiLabel(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d

@@ -1,0 +1,71 @@
+"""Checks of loaded images and labels that turn bad input into a clear error naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.transforms import Transform
+
+from common.errors import InvalidInputError
+from common.transforms.partial_labels import case_name
+
+__all__ = ["CheckSegmentationInputd"]
+
+
+class CheckSegmentationInputd(Transform):
+    """Validate a loaded, channel-first image (and label, when present) before any resampling.
+
+    Checks that the image has ``spatial_dims`` spatial dimensions, each longer than one voxel, and no NaN;
+    that the label has the image's spatial shape; and that label values are integers in 0..``num_classes``.
+
+    Args:
+        num_classes: K, the largest valid label value; None skips the label value check.
+        spatial_dims: 3 for volumes.
+        image_key: key of the image, shape (C, *spatial).
+        label_key: key of the label, shape (1, *spatial); skipped when absent from the data.
+    """
+
+    def __init__(
+        self, num_classes: int | None = None, spatial_dims: int = 3, image_key: str = "image", label_key: str = "label"
+    ) -> None:
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
+        image_name = case_name(data, self.image_key)
+        image = data[self.image_key]
+        self.check_image(image, image_name)
+        if self.label_key in data:
+            self.check_label(data[self.label_key], image.shape[1:], case_name(data, self.label_key), image_name)
+        return data
+
+    def check_image(self, image: torch.Tensor, name: str) -> None:
+        spatial_shape = tuple(image.shape[1:])
+        if len(spatial_shape) != self.spatial_dims or min(spatial_shape) < 2:
+            raise InvalidInputError(
+                f"{name}: expected a {self.spatial_dims}D image, got spatial shape {spatial_shape}; "
+                f"this bundle segments {self.spatial_dims}D volumes"
+            )
+        nan_count = int(torch.isnan(image).sum()) if image.is_floating_point() else 0
+        if nan_count:
+            raise InvalidInputError(f"{name}: the image holds {nan_count} NaN voxels; fix or mask them first")
+
+    def check_label(self, label: torch.Tensor, image_shape: tuple, name: str, image_name: str) -> None:
+        if tuple(label.shape[1:]) != tuple(image_shape):
+            raise InvalidInputError(
+                f"{name}: label spatial shape {tuple(label.shape[1:])} differs from the image {image_name} "
+                f"spatial shape {tuple(image_shape)}"
+            )
+        if self.num_classes is None:
+            return
+        values = torch.unique(label)
+        bad = values[(values < 0) | (values > self.num_classes) | (values != torch.round(values))]
+        if len(bad):
+            shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
+            raise InvalidInputError(
+                f"{name}: label values must be integers in 0..{self.num_classes}, found {shown}"
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            )

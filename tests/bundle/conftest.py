@@ -1,0 +1,41 @@
+"""Fixtures for bundle tests: tiny generated CT data, a throwaway copy of a bundle, and the monai.bundle CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.data.synthetic_ct import generate_synthetic_ct
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_OVERRIDES = ["--patch_size", "[32,32,16]", "--num_workers", "0", "--batch_size", "1", "--patches_per_volume", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ct(tmp_path_factory) -> Path:
+    """Eight tiny synthetic CT cases (6 training, 2 validation, 2 test); returns the dataset folder."""
+    folder = tmp_path_factory.mktemp("tiny_ct")
+    generate_synthetic_ct(folder, num_cases=10, shape=(40, 40, 12), spacing=(2.0, 2.0, 3.0), num_validation=2, num_test=2)
+    return folder
+
+
+def copy_bundle(name: str, destination: Path) -> Path:
+    """A copy of ``bundles/<name>`` so that runs never write into the repository."""
+    target = destination / name
+    shutil.copytree(REPO / "bundles" / name, target, ignore=shutil.ignore_patterns("eval", "*.pt", "*.ts"))
+    return target
+
+
+def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: bool = True, launcher=()):
+    """Run ``python -m <module> <args>`` in a fresh process; on failure show its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [*launcher] if launcher else [sys.executable, "-m", module]
+    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command + list(args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result

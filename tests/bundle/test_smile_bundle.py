@@ -1,0 +1,214 @@
+"""The SMILE bundle run for real: ConfigWorkflow properties, the monai.bundle CLI, export, torchrun."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from tests.bundle.conftest import REPO, TINY_OVERRIDES, copy_bundle, run_cli
+
+SCHEMAS = REPO.parent / "shared" / "schemas"
+CONFIGS = REPO / "bundles" / "smile" / "configs"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_ct):
+    """A copy of the bundle trained for two epochs through the CLI; returns (bundle folder, CLI result)."""
+    bundle = copy_bundle("smile", tmp_path_factory.mktemp("smile"))
+    result = run_cli(
+        "run", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json",
+        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--dataset_dir", str(tiny_ct),
+        "--epochs", "2", "--val_interval", "1", *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    return bundle, result
+
+
+@pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.json"), ("infer", "inference.json")])
+def test_workflow_properties_are_complete(workflow_type, config, tiny_ct, tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    workflow = ConfigWorkflow(
+        workflow_type=workflow_type,
+        config_file=str(bundle / "configs" / config),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        dataset_dir=str(tiny_ct),
+        num_workers=0,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def test_cli_training_writes_flat_weights_and_resume_state(trained):
+    bundle, result = trained
+    assert "val_dice_pancreas" in result.stdout and "val_mean_dice" in result.stdout
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(value, torch.Tensor) for value in weights.values())
+    assert weights["model.2.1.conv.unit0.conv.bias"].shape[0] == 3  # K sigmoid heads
+    state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] and set(state) >= {"network", "optimizer", "lr_scheduler"}
+
+
+def test_cli_resumes_from_the_last_checkpoint(trained, tiny_ct):
+    bundle, _ = trained
+    result = run_cli(
+        "run", "--config_file", "configs/train.json", "--bundle_root", ".", "--dataset_dir", str(tiny_ct),
+        "--epochs", "3", "--val_interval", "1", *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "resumed from" in output and "at epoch 2 of 3" in output
+    assert "Epoch: 1/3" not in output and "Epoch: 3/3" in output
+
+
+def test_cli_evaluate_reports_dice_per_organ(trained, tiny_ct):
+    bundle, _ = trained
+    run_cli(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", ".",
+        "--dataset_dir", str(tiny_ct), *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    metrics = (bundle / "eval" / "metrics.csv").read_text()
+    for organ in ("liver", "pancreas", "stomach"):
+        assert f"val_dice_{organ}" in metrics
+    per_case = (bundle / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(per_case) == 1 + 2  # header + the two test cases
+
+
+def test_cli_inference_on_a_folder_keeps_geometry(trained, tiny_ct, tmp_path):
+    bundle, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("case_008.nii.gz", "case_009.nii.gz"):
+        (images / name).write_bytes((tiny_ct / "imagesTr" / name).read_bytes())
+    output = tmp_path / "predictions"
+    run_cli(
+        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
+        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--input_dir", str(images),
+        "--output_dir", str(output), "--patch_size", "[32,32,16]", cwd=bundle,
+    )  # fmt: skip
+    for name in ("case_008", "case_009"):
+        source, prediction = nib.load(images / f"{name}.nii.gz"), nib.load(output / f"{name}_seg.nii.gz")
+        assert prediction.shape == source.shape
+        np.testing.assert_allclose(prediction.affine, source.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_inference_with_checkpoint_of_another_architecture_is_explained(trained, tiny_ct, tmp_path):
+    bundle, _ = trained
+    foreign = tmp_path / "foreign.pt"
+    torch.save(torch.nn.Conv3d(1, 2, 3).state_dict(), foreign)
+    result = run_cli(
+        "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--dataset_dir", str(tiny_ct),
+        "--ckpt_path", str(foreign), "--output_dir", str(tmp_path), cwd=bundle, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "foreign.pt does not fit the network UNet: missing tensors" in result.stderr
+
+
+def test_training_datalist_with_missing_file_is_explained(tiny_ct, tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    datalist = json.loads((tiny_ct / "dataset.json").read_text())
+    datalist["training"][1]["label"] = "labelsTr/absent.nii.gz"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(datalist))
+    result = run_cli(
+        "run", "--config_file", "configs/train.json", "--bundle_root", ".", "--dataset_dir", str(tiny_ct),
+        "--datalist", str(broken), "--epochs", "1", *TINY_OVERRIDES, cwd=bundle, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "broken.json ('training'): entry 1: label file" in result.stderr and "absent.nii.gz does not exist" in (
+        result.stderr
+    )
+
+
+def test_baseline_overlay_trains_a_softmax_network(tiny_ct, tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    run_cli(
+        "run", "--config_file", "['configs/train.json','configs/train_baseline.json']", "--bundle_root", ".",
+        "--dataset_dir", str(tiny_ct), "--epochs", "1", "--val_interval", "1", *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    weights = torch.load(bundle / "models" / "baseline" / "model.pt", weights_only=True)
+    assert weights["model.2.1.conv.unit0.conv.bias"].shape[0] == 4  # background + K classes
+    assert not (bundle / "models" / "model.pt").exists()
+
+
+def test_metadata_and_network_contract(tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    schema = json.loads((CONFIGS / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
+    run_cli(
+        "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMAS / schema),
+        "--hash_val", "662135097106b71067cd1fc657f8720f", cwd=bundle,
+    )  # fmt: skip
+    run_cli(
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.json", "--bundle_root", ".", "--device", "cpu", cwd=bundle,
+    )  # fmt: skip
+
+
+def test_torchscript_export_runs_without_this_package(trained, tmp_path):
+    bundle, _ = trained
+    exported = tmp_path / "model.ts"
+    run_cli(
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", ".",
+        cwd=bundle,
+    )  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    network.eval()
+    sample = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.save({"input": sample, "output": network(sample)}, tmp_path / "eager.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["common"] = None
+        sys.modules["monai"] = None
+        try:
+            import common
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("common must not be importable here")
+        import torch
+        model = torch.jit.load({str(exported)!r})
+        eager = torch.load({str(tmp_path / "eager.pt")!r})
+        with torch.no_grad():
+            output = model(eager["input"])
+        torch.testing.assert_close(output, eager["output"], rtol=1e-4, atol=1e-5)
+        print("scripted output matches eager", tuple(output.shape))
+        """
+    )
+    result = run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path)
+    assert "scripted output matches eager (1, 3, 32, 32, 16)" in result.stdout
+
+
+def test_torchrun_two_cpu_processes_train_one_epoch(tiny_ct, tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    configs = "['configs/train.json','configs/multi_gpu_train.json','" + str(REPO / "tests/bundle/cpu_gloo.json") + "']"
+    result = run_cli(
+        "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file", configs,
+        "--bundle_root", ".", "--dataset_dir", str(tiny_ct), "--epochs", "1", "--val_interval", "1", *TINY_OVERRIDES,
+        launcher=(sys.executable, "-m", "torch.distributed.run"), cwd=bundle,
+    )  # fmt: skip
+    assert (bundle / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in result.stdout + result.stderr
+
+
+def test_mlflow_tracking(tiny_ct, tmp_path):
+    pytest.importorskip("mlflow")
+    bundle = copy_bundle("smile", tmp_path)
+    run_cli(
+        "run", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", "--bundle_root", ".",
+        "--dataset_dir", str(tiny_ct), "--epochs", "1", "--val_interval", "1", "--tracking", "mlflow",
+        *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    assert (bundle / "eval" / "mlruns.db").is_file()

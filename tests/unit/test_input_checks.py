@@ -1,0 +1,46 @@
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from common.errors import InvalidInputError
+from common.transforms import CheckSegmentationInputd
+
+
+def _item(image, label=None):
+    data = {"image": MetaTensor(image, meta={"filename_or_obj": "/d/ct_01.nii.gz"})}
+    if label is not None:
+        data["label"] = MetaTensor(label, meta={"filename_or_obj": "/d/ct_01_label.nii.gz"})
+    return data
+
+
+def test_valid_volume_passes():
+    data = _item(torch.zeros(1, 4, 4, 3), torch.tensor([0, 1, 2, 3]).repeat(12).view(1, 4, 4, 3))
+    assert CheckSegmentationInputd(num_classes=3)(data) is data
+
+
+def test_2d_image_is_rejected_with_its_name():
+    with pytest.raises(InvalidInputError, match=r"ct_01\.nii\.gz: expected a 3D image, got spatial shape \(8, 8\)"):
+        CheckSegmentationInputd()(_item(torch.zeros(1, 8, 8)))
+    with pytest.raises(InvalidInputError, match="expected a 3D image"):
+        CheckSegmentationInputd()(_item(torch.zeros(1, 8, 8, 1)))
+
+
+def test_nan_is_counted():
+    image = torch.zeros(1, 4, 4, 4)
+    image[0, 1, 1, 1] = float("nan")
+    with pytest.raises(InvalidInputError, match=r"ct_01\.nii\.gz: the image holds 1 NaN voxels"):
+        CheckSegmentationInputd()(_item(image))
+
+
+def test_label_of_other_shape_names_both_files():
+    with pytest.raises(InvalidInputError, match=r"ct_01_label\.nii\.gz: label spatial shape .* image ct_01\.nii\.gz"):
+        CheckSegmentationInputd()(_item(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 5)))
+
+
+@pytest.mark.parametrize(("value", "shown"), [(5, "5"), (-1, "-1"), (1.5, "1.5")])
+def test_label_values_outside_classes(value, shown):
+    label = torch.zeros(1, 4, 4, 4)
+    label[0, 0, 0, 0] = value
+    with pytest.raises(InvalidInputError, match=rf"ct_01_label\.nii\.gz: label values must be integers in 0\.\.3, "
+                       rf"found {shown}"):
+        CheckSegmentationInputd(num_classes=3)(_item(torch.zeros(1, 4, 4, 4), label))

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from common.errors import InvalidInputError
+from common.transforms import (
+    AnnotatedClassesd,
+    LabelMapToMultiLabel,
+    ProbabilitiesToLabelMap,
+    SimulateMissingAnnotationsd,
+    SmileTarget,
+    SmileTargetd,
+)
+
+
+def _label(values, name="case_007.nii.gz"):
+    return MetaTensor(torch.tensor([values]), meta={"filename_or_obj": f"/data/{name}"})
+
+
+def test_smile_target_and_weight_map_follow_the_rule():
+    label = torch.tensor([[0, 1, 2, 3]])
+    stack = SmileTarget(num_classes=3)(label, np.array([1, 0, 1]))
+    targets, weights = stack[:3], stack[3:]
+    assert targets.tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    # class 2 is not annotated: known only on voxels of other organs (and its own positive label), never background
+    assert weights.tolist() == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]
+
+
+def test_smile_targetd_reads_the_annotation_indicator():
+    data = {"label": torch.tensor([[[0, 1], [3, 0]]]), "annotated_classes": np.array([0, 0, 1])}
+    out = SmileTargetd("label", num_classes=3)(data)
+    assert out["label"].shape == (6, 2, 2)
+    assert out["label"][3].tolist() == [[0, 1], [1, 0]]  # liver unannotated: weight only on foreground voxels
+
+
+def test_annotated_classes_absent_means_all_and_list_becomes_indicator():
+    to_indicator = AnnotatedClassesd(num_classes=3)
+    assert to_indicator({"image": "a.nii.gz"})["annotated_classes"].tolist() == [1, 1, 1]
+    assert to_indicator({"image": "a.nii.gz", "annotated_classes": [3, 1]})["annotated_classes"].tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("bad", [[0], [4], [1.5], ["liver"]])
+def test_annotated_class_that_does_not_exist_is_named(bad):
+    with pytest.raises(InvalidInputError, match=r"case_1\.nii\.gz: annotated_classes names class .* classes are 1\.\.3"):
+        AnnotatedClassesd(num_classes=3)({"image": "/x/case_1.nii.gz", "annotated_classes": bad})
+
+
+def test_missing_rate_zero_and_one():
+    data = {"label": _label([0, 1, 2, 3]), "annotated_classes": np.ones(3, np.uint8)}
+    kept = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.0)(data)
+    assert kept["label"].tolist() == [[0, 1, 2, 3]] and kept["dropped_classes"].tolist() == [0, 0, 0]
+    dropped = SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.0)(data)
+    assert dropped["label"].tolist() == [[0, 0, 0, 0]]
+    assert dropped["annotated_classes"].tolist() == [0, 0, 0] and dropped["dropped_classes"].tolist() == [1, 1, 1]
+
+
+def test_simulation_is_a_fixed_function_of_seed_and_case():
+    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.5, seed=3)
+    runs = [simulate({"label": _label([0, 1, 2, 3]), "annotated_classes": np.ones(3, np.uint8)}) for _ in range(3)]
+    assert all(r["dropped_classes"].tolist() == runs[0]["dropped_classes"].tolist() for r in runs)
+    # the dropped organs are gone from the label and from the indicator, the kept ones stay
+    for class_index, was_dropped in enumerate(runs[0]["dropped_classes"], start=1):
+        assert (class_index in runs[0]["label"]) != bool(was_dropped)
+        assert runs[0]["annotated_classes"][class_index - 1] == 1 - was_dropped
+
+
+def test_simulated_missing_fraction_is_close_to_alpha():
+    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.7, seed=0)
+    drops = [
+        simulate({"label": _label([0, 1, 2, 3], f"case_{i:03d}.nii.gz"), "annotated_classes": np.ones(3, np.uint8)})[
+            "dropped_classes"
+        ]
+        for i in range(300)
+    ]
+    assert 0.64 < np.mean(drops) < 0.76
+
+
+def test_an_organ_already_missing_is_not_recorded_as_dropped():
+    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.0)
+    out = simulate({"label": _label([0, 1, 0, 3]), "annotated_classes": np.array([1, 0, 1], np.uint8)})
+    assert out["dropped_classes"].tolist() == [1, 0, 1]
+
+
+def test_missing_rate_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="missing_rate"):
+        SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.5)
+
+
+def test_probabilities_to_label_map_thresholds_then_argmax():
+    probabilities = torch.tensor([[[0.2, 0.7, 0.6, 0.5]], [[0.3, 0.6, 0.9, 0.1]]])
+    assert ProbabilitiesToLabelMap(threshold=0.5)(probabilities).tolist() == [[[0, 1, 2, 1]]]
+
+
+def test_label_map_to_multilabel_drops_background():
+    out = LabelMapToMultiLabel(num_classes=3)(torch.tensor([[0, 3, 1]]))
+    assert out.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]

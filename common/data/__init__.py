@@ -1,5 +1,16 @@
 """Sample-data generators and datalist readers/writers."""
 
-from common.data import datalist
+from __future__ import annotations
 
-__all__ = ["datalist"]
+import importlib
+from types import ModuleType
+
+_MODULES = ("datalist", "json_io", "synthetic_ct")
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _MODULES:
+        return importlib.import_module(f"common.data.{name}")
+    raise AttributeError(f"module 'common.data' has no attribute {name!r}")

@@ -12,22 +12,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.data.json_io import write_json
 from common.errors import InvalidInputError
 from common.transforms.partial_labels import annotation_indicator
 
 __all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist", "write_json"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def write_json(data: object, path: str | os.PathLike) -> Path:
-    """Write ``data`` as JSON (4-space indent, final newline) atomically: temporary file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=4) + "\n")
-    os.replace(temporary, path)
-    return path
 
 
 def _read_datalist(path: Path) -> dict:

@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data.datalist import write_json
+from common.data.json_io import write_json
 
 __all__ = ["ORGAN_LABELS", "generate_synthetic_ct", "make_phantom"]
 
@@ -281,8 +281,9 @@ def _sample_retroperitoneum(grid: _Grid, body: _Body, rng: np.random.Generator) 
     aorta_radius = body.size(11.0 * rng.uniform(0.85, 1.15), min_voxels=1.0)
     aorta_x = spine_x - 0.5 * radius
     aorta_y = spine_y + radius + aorta_radius + body.size(3.0)
-    kidneys = _sample_kidney(grid, body, (spine_x + radius + body.size(45.0), spine_y), -0.35, rng)
-    kidneys |= _sample_kidney(grid, body, (spine_x - radius - body.size(45.0), spine_y), -0.2, rng)
+    hilum_offset = radius + body.size(45.0)
+    kidneys = _sample_kidney(grid, body, (spine_x + hilum_offset, spine_y), 1.0, -0.35, rng)
+    kidneys |= _sample_kidney(grid, body, (spine_x - hilum_offset, spine_y), -1.0, -0.2, rng)
     return _Retroperitoneum(
         cortical_bone=cortical & body.outline,
         cancellous_bone=vertebral_body & ~cortical,
@@ -295,11 +296,11 @@ def _sample_retroperitoneum(grid: _Grid, body: _Body, rng: np.random.Generator) 
 
 
 def _sample_kidney(
-    grid: _Grid, body: _Body, hilum: tuple[float, float], height: float, rng: np.random.Generator
+    grid: _Grid, body: _Body, hilum: tuple[float, float], side: float, height: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """A bean-like kidney lateral to `hilum` (x, y mm), centred at `height` (fraction of the half z extent)."""
+    """Mask (X, Y, Z) of a kidney, a lobulated ellipsoid lateral to `hilum` (x, y mm) on the patient's right
+    (`side` 1) or left (-1), centred at `height` (a fraction of the half z extent)."""
     semi_axes = (body.size(25.0), body.size(30.0), 0.35 * grid.half_extent[2])
-    side = np.sign(hilum[0] - body.centre[0])
     centre = (hilum[0] + side * semi_axes[0], hilum[1], height * grid.half_extent[2])
     u, v, w = _local_coordinates(grid, centre, semi_axes, side * rng.uniform(15.0, 35.0))
     return np.sqrt(u**2 + v**2 + w**2) - 0.08 * _smooth_field((u, v, w), rng, 0.4) < 1.0

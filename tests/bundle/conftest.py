@@ -20,7 +20,9 @@ TINY_OVERRIDES = ["--patch_size", "[32,32,16]", "--num_workers", "0", "--batch_s
 def tiny_ct(tmp_path_factory) -> Path:
     """Eight tiny synthetic CT cases (6 training, 2 validation, 2 test); returns the dataset folder."""
     folder = tmp_path_factory.mktemp("tiny_ct")
-    generate_synthetic_ct(folder, num_cases=10, shape=(40, 40, 12), spacing=(2.0, 2.0, 3.0), num_validation=2, num_test=2)
+    generate_synthetic_ct(
+        folder, num_cases=10, shape=(40, 40, 12), spacing=(2.0, 2.0, 3.0), num_validation=2, num_test=2
+    )
     return folder
 
 
@@ -37,5 +39,7 @@ def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: b
     command = [*launcher] if launcher else [sys.executable, "-m", module]
     result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command + list(args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(command + list(args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result

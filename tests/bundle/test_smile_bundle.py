@@ -53,7 +53,11 @@ def test_cli_training_writes_flat_weights_and_resume_state(trained):
     assert all(isinstance(value, torch.Tensor) for value in weights.values())
     assert weights["model.2.1.conv.unit0.conv.bias"].shape[0] == 3  # K sigmoid heads
     state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
-    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] and set(state) >= {"network", "optimizer", "lr_scheduler"}
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] and set(state) >= {
+        "network",
+        "optimizer",
+        "lr_scheduler",
+    }
 
 
 def test_cli_resumes_from_the_last_checkpoint(trained, tiny_ct):

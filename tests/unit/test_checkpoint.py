@@ -21,7 +21,7 @@ def test_checkpoint_of_another_architecture_is_explained(tmp_path):
         load_weights(torch.nn.Linear(4, 2), tmp_path / "model.pt")
     with pytest.raises(CheckpointMismatchError, match=r"missing tensors 2 \(0\.weight, 0\.bias\)"):
         load_weights(torch.nn.Sequential(torch.nn.Linear(3, 2)), tmp_path / "model.pt")
-    with pytest.raises(FileNotFoundError, match="absent.pt: no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt: no such checkpoint"):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "absent.pt")
 
 
@@ -60,5 +60,5 @@ def test_killed_run_resumes_from_the_last_epoch(tmp_path):
 def test_resume_from_checkpoint_of_another_network_is_explained(tmp_path):
     path = tmp_path / "checkpoint_last.pt"
     torch.save({"network": torch.nn.Linear(5, 1).state_dict()}, path)
-    with pytest.raises(CheckpointMismatchError, match="checkpoint_last.pt does not fit"):
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint_last\.pt does not fit"):
         _training(path, max_epochs=1)

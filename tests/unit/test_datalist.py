@@ -47,7 +47,7 @@ def test_missing_section_and_bad_json(dataset, tmp_path):
         load_datalist(dataset, key="validation")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(InvalidInputError, match="broken.json: not valid JSON"):
+    with pytest.raises(InvalidInputError, match=r"broken\.json: not valid JSON"):
         load_datalist(broken)
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_datalist(tmp_path / "absent.json")

@@ -41,6 +41,9 @@ def test_label_of_other_shape_names_both_files():
 def test_label_values_outside_classes(value, shown):
     label = torch.zeros(1, 4, 4, 4)
     label[0, 0, 0, 0] = value
-    with pytest.raises(InvalidInputError, match=rf"ct_01_label\.nii\.gz: label values must be integers in 0\.\.3, "
-                       rf"found {shown}"):
+    with pytest.raises(
+        InvalidInputError,
+        match=rf"ct_01_label\.nii\.gz: label values must be integers in 0\.\.3, "
+        rf"found {shown}",
+    ):
         CheckSegmentationInputd(num_classes=3)(_item(torch.zeros(1, 4, 4, 4), label))

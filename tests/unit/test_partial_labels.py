@@ -42,7 +42,9 @@ def test_annotated_classes_absent_means_all_and_list_becomes_indicator():
 
 @pytest.mark.parametrize("bad", [[0], [4], [1.5], ["liver"]])
 def test_annotated_class_that_does_not_exist_is_named(bad):
-    with pytest.raises(InvalidInputError, match=r"case_1\.nii\.gz: annotated_classes names class .* classes are 1\.\.3"):
+    with pytest.raises(
+        InvalidInputError, match=r"case_1\.nii\.gz: annotated_classes names class .* classes are 1\.\.3"
+    ):
         AnnotatedClassesd(num_classes=3)({"image": "/x/case_1.nii.gz", "annotated_classes": bad})
 
 

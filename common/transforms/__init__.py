@@ -1,5 +1,6 @@
 """MONAI-style transforms (array + dictionary pairs) shared by the bundles."""
 
+from common.transforms.label_mapping import RemapLabelsd
 from common.transforms.partial_labels import (
     AnnotatedClassesd,
     LabelMapToMultiLabel,
@@ -19,6 +20,7 @@ __all__ = [
     "LabelMapToMultiLabeld",
     "ProbabilitiesToLabelMap",
     "ProbabilitiesToLabelMapd",
+    "RemapLabelsd",
     "SimulateMissingAnnotationsd",
     "SmileTarget",
     "SmileTargetd",

@@ -216,3 +216,38 @@ def test_mlflow_tracking(tiny_ct, tmp_path):
         *TINY_OVERRIDES, cwd=bundle,
     )  # fmt: skip
     assert (bundle / "eval" / "mlruns.db").is_file()
+
+
+def _single_organ_dataset(tiny_ct, folder, cases, organ_value):
+    """An MSD-style dataset whose labels keep one organ of the tiny set, relabelled 1 as in a single-organ task."""
+    entries = []
+    for index, case in enumerate(cases):
+        source = json.loads((tiny_ct / "dataset.json").read_text())["training"][case]
+        label = nib.load(tiny_ct / source["label"])
+        single = (np.asarray(label.dataobj) == organ_value).astype(np.uint8)
+        (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(single, label.affine), folder / "labelsTr" / f"{folder.name}_{index}.nii.gz")
+        entries.append({"image": str(tiny_ct / source["image"]), "label": f"labelsTr/{folder.name}_{index}.nii.gz"})
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "organ"}, "training": entries}))
+    return folder / "dataset.json"
+
+
+def test_training_on_merged_single_organ_datasets(tiny_ct, tmp_path):
+    bundle = copy_bundle("smile", tmp_path)
+    liver = _single_organ_dataset(tiny_ct, tmp_path / "Task_Liver", [0, 1, 2], organ_value=1)
+    pancreas = _single_organ_dataset(tiny_ct, tmp_path / "Task_Pancreas", [3, 4, 5], organ_value=2)
+    merged = tmp_path / "merged" / "dataset.json"
+    run_cli(
+        "--classes", "liver", "pancreas", "stomach", "--source", str(liver), "1=liver", "--source", str(pancreas),
+        "1=pancreas", "--output", str(merged), module="common.data.partial_datalist",
+    )  # fmt: skip
+    entries = json.loads(merged.read_text())["training"]
+    assert [e["annotated_classes"] for e in entries] == [[1]] * 3 + [[2]] * 3
+    result = run_cli(
+        "run", "--config_file", "configs/train.json", "--bundle_root", ".", "--dataset_dir", str(merged.parent),
+        "--datalist", str(merged), "--validate#dataset#data",
+        f"$common.data.datalist.load_datalist('{tiny_ct / 'dataset.json'}', None, 'validation', 3)",
+        "--epochs", "1", "--val_interval", "1", *TINY_OVERRIDES, cwd=bundle,
+    )  # fmt: skip
+    assert "val_dice_stomach" in result.stdout
+    assert (bundle / "models" / "model.pt").is_file()

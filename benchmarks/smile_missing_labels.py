@@ -8,9 +8,11 @@ organ (mean +- std over test cases) and writes it, with the raw numbers, to ``<o
 It also measures training throughput of the bundle's loop (SupervisedTrainer, ThreadDataLoader, handlers) against
 a hand-written PyTorch loop on the same network, loss, optimizer and cached dataset, in the same process.
 
-Example (about 10 minutes on one H100 with --jobs 4; hours on 2 CPU cores)::
+Runs are resumable: a finished (alpha, method, seed) run keeps its ``test_dice.json`` and is not repeated.
 
-    python benchmarks/smile_missing_labels.py --output_dir work/bench_smile --epochs 150 --jobs 4
+Example (the README table: about 4 minutes per seed on one H100 with --jobs 8; many hours on 2 CPU cores)::
+
+    python benchmarks/smile_missing_labels.py --output_dir work/bench_smile --epochs 200 --seeds 0 1 2 --jobs 8
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
@@ -44,41 +48,55 @@ def _config_arg(files: list[str]) -> str:
     return "[" + ",".join(f"'{BUNDLE / f}'" for f in files) + "]"
 
 
-def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, args: argparse.Namespace) -> dict:
-    """Train one configuration through the CLI, evaluate it on the test split; returns Dice mean/std per organ."""
+def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, seed: int, args) -> dict:
+    """Train one configuration through the CLI and evaluate it on the test split; returns Dice mean/std per organ.
+
+    The result is kept in ``run_dir/test_dice.json``; a run that already has it is not repeated.
+    """
+    done = run_dir / "test_dice.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     common = [
         "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"),
-        "--output_dir", str(run_dir / "eval"), "--missing_rate", str(alpha), "--seed", str(args.seed),
+        "--output_dir", str(run_dir / "eval"), "--missing_rate", str(alpha), "--seed", str(seed),
         "--num_workers", "0",
     ]  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "log.txt").open("w") as log:
         for config, extra in (
-            (CONFIGS[method], ["--epochs", str(args.epochs), "--val_interval", str(args.val_interval)]),
+            (
+                CONFIGS[method],
+                ["--epochs", str(args.epochs), "--val_interval", str(args.val_interval), *args.bundle_args],
+            ),
             ([*CONFIGS[method], "configs/evaluate.json"], []),
         ):
             command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_arg(config)]
             subprocess.run([*command, *common, *extra], check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    return read_test_dice(run_dir / "eval" / "val_mean_dice_summary.csv")
+    dice = read_test_dice(run_dir / "eval" / "val_mean_dice_summary.csv")
+    done.write_text(json.dumps(dice, indent=4) + "\n")
+    return dice
 
 
 def read_test_dice(summary_csv: Path) -> dict:
-    """{organ: (mean, std)} from MetricsSaver's summary of the per-case Dice (class0.. in organ order)."""
+    """{organ: (mean, std) over test cases} from MetricsSaver's summary (class0.. in organ order)."""
     rows = {row["class"]: row for row in csv.DictReader(summary_csv.open())}
-    result = {organ: (float(rows[f"class{i}"]["mean"]), float(rows[f"class{i}"]["std"])) for i, organ in
-              enumerate(ORGANS)}  # fmt: skip
-    result["mean"] = (float(rows["mean"]["mean"]), float(rows["mean"]["std"]))
-    return result
+    names = {f"class{i}": organ for i, organ in enumerate(ORGANS)} | {"mean": "mean"}
+    return {organ: (float(rows[key]["mean"]), float(rows[key]["std"])) for key, organ in names.items()}
 
 
 def accuracy_table(results: dict) -> str:
+    """Markdown table: per (alpha, method), the test Dice averaged over cases, then mean ± std over seeds."""
     lines = [
         "| missing rate α | method | liver | pancreas | stomach | mean |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for (alpha, method), dice in sorted(results.items()):
-        cells = " | ".join(f"{dice[k][0]:.3f} ± {dice[k][1]:.3f}" for k in (*ORGANS, "mean"))
-        lines.append(f"| {alpha:.1f} | {method} | {cells} |")
+    for alpha, method in sorted({(alpha, method) for alpha, method, _ in results}):
+        per_seed = [dice for (a, m, _), dice in results.items() if (a, m) == (alpha, method)]
+        cells = []
+        for key in (*ORGANS, "mean"):
+            values = np.array([dice[key][0] for dice in per_seed])
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}")
+        lines.append(f"| {alpha:.1f} | {method} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -155,30 +173,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val_interval", type=int, default=10)
     parser.add_argument("--throughput_epochs", type=int, default=3, help="0 skips the throughput comparison")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bundle_args", type=shlex.split, default=[], help="extra training overrides, quoted: '--batch_dice true'"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=(0,), help="data, simulation and training seeds")
     args = parser.parse_args(argv)
 
-    dataset = args.output_dir / "data"
-    generate_synthetic_ct(dataset, num_cases=args.num_cases, shape=tuple(args.shape), seed=args.seed)
-    runs = [(alpha, method) for alpha in args.alphas for method in args.methods]
+    runs = []
+    for seed in args.seeds:
+        dataset = args.output_dir / f"seed_{seed}" / "data"
+        generate_synthetic_ct(dataset, num_cases=args.num_cases, shape=tuple(args.shape), seed=seed)
+        runs += [(alpha, method, seed) for alpha in args.alphas for method in args.methods]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            run: pool.submit(train_and_evaluate, run[1], run[0], dataset, args.output_dir / f"{run[1]}_a{run[0]}", args)
-            for run in runs
-        }
+            (alpha, method, seed): pool.submit(
+                train_and_evaluate, method, alpha, args.output_dir / f"seed_{seed}" / "data",
+                args.output_dir / f"seed_{seed}" / f"{method}_a{alpha}", seed, args,
+            )
+            for alpha, method, seed in runs
+        }  # fmt: skip
         results = {run: future.result() for run, future in futures.items()}
-    table = accuracy_table(results)
+    dataset = args.output_dir / f"seed_{args.seeds[0]}" / "data"
+    num_test = len(json.loads((dataset / "dataset.json").read_text())["test"])
+    seeds_text = f"mean ± std over seeds {list(args.seeds)}" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
     report = [
-        f"Test Dice (mean ± std over {len(json.loads((dataset / 'dataset.json').read_text())['test'])} test cases), "
-        f"{args.epochs} epochs, {args.num_cases} generated cases of {tuple(args.shape)} voxels, "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, {time.perf_counter() - started:.0f} s:",
+        f"Test Dice per organ (mean over {num_test} test cases; {seeds_text}), {args.epochs} epochs, "
+        f"{args.num_cases} generated cases of {tuple(args.shape)} voxels, device "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {time.perf_counter() - started:.0f} s:",
         "",
-        table,
+        accuracy_table(results),
     ]
     throughput = None
     if args.throughput_epochs > 0:
-        throughput = measure_throughput(dataset, args.output_dir / "throughput", args.throughput_epochs, args.seed)
+        throughput = measure_throughput(dataset, args.output_dir / "throughput", args.throughput_epochs, args.seeds[0])
         report += [
             "",
             f"Training throughput on {throughput['device']} over {throughput['patches']} patches: bundle loop "
@@ -189,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(report)
     print(text)
     (args.output_dir / "results.md").write_text(text + "\n")
-    raw = {"args": {k: str(v) for k, v in vars(args).items()}, "throughput": throughput,
-           "dice": {f"{method}@{alpha}": dice for (alpha, method), dice in results.items()}}  # fmt: skip
+    dice = {f"{method}@{alpha}@seed{seed}": value for (alpha, method, seed), value in results.items()}
+    raw = {"args": {k: str(v) for k, v in vars(args).items()}, "throughput": throughput, "dice": dice}
     (args.output_dir / "results.json").write_text(json.dumps(raw, indent=4) + "\n")
 
 

@@ -20,15 +20,20 @@ class SmileLoss(_Loss):
 
     Args:
         dice_weight: weight of the Dice term; 0 disables it.
+        batch_dice: pool each class's Dice over the known cases of the batch (one Dice per class) instead of one
+            Dice per (case, class); a patch that lacks a small organ then does not alone drive its probabilities to 0.
         smooth_nr: added to the Dice numerator.
         smooth_dr: added to the Dice denominator.
     """
 
-    def __init__(self, dice_weight: float = 0.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> None:
+    def __init__(
+        self, dice_weight: float = 0.0, batch_dice: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5
+    ) -> None:
         super().__init__()
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
         self.dice_weight = dice_weight
+        self.batch_dice = batch_dice
         self.smooth_nr = smooth_nr
         self.smooth_dr = smooth_dr
 
@@ -59,10 +64,12 @@ class SmileLoss(_Loss):
     def known_class_dice_loss(self, probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Mean soft Dice loss over the (case, class) pairs whose weight is 1 everywhere; 0 when there is none."""
         reduce_dims = tuple(range(2, probs.ndim))
-        known = weights.amin(dim=reduce_dims) >= 1.0
+        known = (weights.amin(dim=reduce_dims) >= 1.0).float()
         if not known.any():
             return probs.sum() * 0.0
-        intersection = (probs * labels).sum(dim=reduce_dims)
-        denominator = probs.sum(dim=reduce_dims) + labels.sum(dim=reduce_dims)
+        intersection = (probs * labels).sum(dim=reduce_dims) * known
+        denominator = (probs.sum(dim=reduce_dims) + labels.sum(dim=reduce_dims)) * known
+        if self.batch_dice:
+            intersection, denominator, known = intersection.sum(0), denominator.sum(0), known.amax(0)
         dice = (2.0 * intersection + self.smooth_nr) / (denominator + self.smooth_dr)
-        return (1.0 - dice)[known].mean()
+        return (1.0 - dice)[known > 0].mean()

@@ -51,3 +51,16 @@ def test_all_zero_weights_give_zero_loss_with_gradient():
 def test_target_with_wrong_channel_count_is_rejected():
     with pytest.raises(ValueError, match="2K"):
         SmileLoss()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+
+
+def test_batch_dice_pools_intersections_over_known_cases():
+    # two cases, one class; case 0 holds the organ, case 1 has none (an organ-free patch)
+    logits = torch.tensor([[[0.0, 0.0]], [[0.0, -20.0]]])
+    labels = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
+    target = torch.cat([labels, torch.ones_like(labels)], dim=1)
+    p = 0.5
+    pooled = (2 * p + 1e-5) / (2 * p + torch.sigmoid(torch.tensor(-20.0)).item() + p + 1 + 1e-5)
+    loss = SmileLoss(dice_weight=1.0, batch_dice=True)(logits, target) - SmileLoss()(logits, target)
+    assert loss.item() == pytest.approx(1 - pooled, rel=1e-4)
+    per_case = SmileLoss(dice_weight=1.0)(logits, target) - SmileLoss()(logits, target)
+    assert per_case.item() > loss.item()  # the organ-free case alone scores a Dice loss near 1 per case

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-from common.data.json_io import write_json
 from common.errors import InvalidInputError
 from common.transforms.partial_labels import annotation_indicator
 
-__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist", "write_json"]
+__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -109,12 +107,3 @@ def inference_datalist(
     if not images:
         raise InvalidInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in input_dir")
     return [{"image": str(p)} for p in images]
-
-
-def image_name_stem(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> str:
-    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
-    name = Path(path).name
-    for suffix in suffixes:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name

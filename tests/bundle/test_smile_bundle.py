@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from tests.bundle.conftest import REPO, TINY_OVERRIDES, copy_bundle, run_cli
 
-SCHEMAS = REPO.parent / "shared" / "schemas"
+SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 CONFIGS = REPO / "bundles" / "smile" / "configs"
 
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from common.data.datalist import inference_datalist, load_datalist, write_json
+from common.data.datalist import inference_datalist, load_datalist
+from common.data.json_io import write_json
 from common.errors import InvalidInputError
 
 

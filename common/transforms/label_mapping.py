@@ -14,7 +14,7 @@ import torch
 from monai.transforms import Transform
 
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_name
+from common.transforms.partial_labels import case_path
 
 __all__ = ["RemapLabelsd", "parse_label_mapping", "remap_labels"]
 
@@ -87,6 +87,6 @@ class RemapLabelsd(Transform):
         d = dict(data)
         if self.mapping_key not in d:
             return d
-        mapping = parse_label_mapping(d.pop(self.mapping_key), source=case_name(d, self.label_key))
+        mapping = parse_label_mapping(d.pop(self.mapping_key), source=case_path(d, self.label_key))
         d[self.label_key] = remap_labels(d[self.label_key], mapping)
         return d

@@ -31,15 +31,21 @@ __all__ = [
     "SmileTargetd",
     "annotation_indicator",
     "case_name",
+    "case_path",
 ]
 
 
-def case_name(data: Mapping, key: str = "image") -> str:
-    """The file name of ``data[key]`` (from its metadata once loaded), used to name a case in messages and seeds."""
+def case_path(data: Mapping, key: str = "image") -> str:
+    """The file behind ``data[key]`` (from its metadata once loaded), to name a case in error messages."""
     value = data.get(key)
     if isinstance(value, MetaTensor):
         value = value.meta.get("filename_or_obj", "")
-    return Path(str(value)).name if value is not None else "<unknown case>"
+    return str(value) if value not in (None, "") else "<unknown file>"
+
+
+def case_name(data: Mapping, key: str = "image") -> str:
+    """The file name of ``data[key]`` without its folder: a case's identity, stable when a dataset moves."""
+    return Path(case_path(data, key)).name
 
 
 def annotation_indicator(annotated_classes: Sequence[int] | None, num_classes: int, source: str = "") -> np.ndarray:
@@ -81,7 +87,7 @@ class AnnotatedClassesd(Transform):
         listed = d.get(self.annotated_key)
         if isinstance(listed, (np.ndarray, torch.Tensor)) and len(listed) == self.num_classes:
             return d
-        d[self.annotated_key] = annotation_indicator(listed, self.num_classes, source=case_name(d, self.name_key))
+        d[self.annotated_key] = annotation_indicator(listed, self.num_classes, source=case_path(d, self.name_key))
         return d
 
 

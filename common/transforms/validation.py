@@ -8,7 +8,7 @@ import torch
 from monai.transforms import Transform
 
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_name
+from common.transforms.partial_labels import case_path
 
 __all__ = ["CheckSegmentationInputd"]
 
@@ -35,11 +35,11 @@ class CheckSegmentationInputd(Transform):
         self.label_key = label_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
-        image_name = case_name(data, self.image_key)
+        image_name = case_path(data, self.image_key)
         image = data[self.image_key]
         self.check_image(image, image_name)
         if self.label_key in data:
-            self.check_label(data[self.label_key], image.shape[1:], case_name(data, self.label_key), image_name)
+            self.check_label(data[self.label_key], image.shape[1:], case_path(data, self.label_key), image_name)
         return data
 
     def check_image(self, image: torch.Tensor, name: str) -> None:

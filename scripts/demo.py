@@ -18,9 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "smile"
 
 
+def shell_text(args: list[str]) -> str:
+    """``args`` as one would type them: lists such as ``['a.json','b.json']`` in double quotes."""
+    return " ".join(f'"{arg}"' if "'" in arg and '"' not in arg else shlex.quote(arg) for arg in args)
+
+
 def run_step(title: str, args: list[str], log: Path) -> None:
     """Run ``python -m <args>`` from the repository root, its output in ``log``; stop the demo if it fails."""
-    print(f"\n== {title}\n   python -m {shlex.join(args)}", flush=True)
+    print(f"\n== {title}\n   python -m {shell_text(args)}", flush=True)
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as stream:

@@ -33,7 +33,7 @@ def run_step(title: str, args: list[str], log: Path) -> None:
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         sys.exit(f"{title} failed (log: {log}):\n{tail}")
-    print(f"   done in {time.perf_counter() - start:.0f} s (log: {log.relative_to(REPO)})", flush=True)
+    print(f"   done in {time.perf_counter() - start:.0f} s (log: {log})", flush=True)
 
 
 def bundle_args(config: list[str], work: Path, *extra: str) -> list[str]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work_dir", type=Path, default=REPO / "work" / "demo")
     parser.add_argument("--num_cases", type=int, default=24)
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--missing_rate", type=float, default=0.5, help="alpha: chance an organ is left undelineated")
     args = parser.parse_args(argv)
     work, logs = args.work_dir.resolve(), args.work_dir.resolve() / "logs"

@@ -33,7 +33,8 @@ def test_nan_is_counted():
 
 
 def test_label_of_other_shape_names_both_files():
-    with pytest.raises(InvalidInputError, match=r"/d/ct_01_label\.nii\.gz: label spatial shape .* image /d/ct_01\.nii\.gz"):
+    expected = r"/d/ct_01_label\.nii\.gz: label spatial shape .* image /d/ct_01\.nii\.gz"
+    with pytest.raises(InvalidInputError, match=expected):
         CheckSegmentationInputd()(_item(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 5)))
 
 

@@ -145,47 +145,76 @@ class SimulateMissingAnnotationsd(Transform):
 
 
 class SmileTarget(Transform):
-    """SMILE targets and ambiguity weight map from an integer label map.
+    """SMILE targets and ambiguity weight map from an integer label map, optionally with pseudo-labels.
 
     For each class k = 1..K: the target is ``label == k``. The weight is 1 everywhere when k is annotated in
     the case; otherwise it is 1 only on voxels labelled with any foreground class (another organ, hence a
     reliable negative for k; or k itself, positive labels being always trusted) and 0 on background, where an
     undelineated organ k may hide.
 
+    Pseudo-labels (SMILEr) are a second, separate source: a label map of the voxels that a model labelled in
+    background regions. For a class k that is not annotated, a pseudo-labelled voxel of k becomes a positive
+    and one of another class a negative, both weighted ``pseudo_weight``; real labels always win where the two
+    overlap, and annotated classes ignore pseudo-labels.
+
     Returns a float32 tensor of shape (2K, *spatial): channels 0..K-1 are the targets, K..2K-1 the weights.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, pseudo_weight: float = 1.0) -> None:
+        if not 0.0 <= pseudo_weight <= 1.0:
+            raise ValueError(f"pseudo_weight must be in [0, 1], got {pseudo_weight}")
         self.num_classes = num_classes
+        self.pseudo_weight = pseudo_weight
 
-    def __call__(self, label: torch.Tensor, annotated: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        label: torch.Tensor,
+        annotated: Sequence[int] | np.ndarray | torch.Tensor,
+        pseudo_label: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             label: integer label map, shape (1, *spatial), values in 0..K.
             annotated: (K,) indicator of the annotated classes.
+            pseudo_label: optional integer map of pseudo-labels, shape (1, *spatial), values in 0..K.
         """
         classes = torch.arange(1, self.num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
         targets = (label == classes).float()
-        known = torch.as_tensor(np.asarray(annotated), device=label.device).bool()
-        foreground = (label > 0).float().expand_as(targets)
-        weights = torch.where(known.view_as(classes), torch.ones_like(targets), foreground)
+        known = torch.as_tensor(np.asarray(annotated), device=label.device).bool().view_as(classes)
+        unknown_weights = (label > 0).float().expand_as(targets)
+        if pseudo_label is not None:
+            pseudo_only = (pseudo_label > 0) & (label == 0)
+            targets = torch.where(~known & pseudo_only & (pseudo_label == classes), torch.ones_like(targets), targets)
+            unknown_weights = torch.where(pseudo_only, torch.full_like(targets, self.pseudo_weight), unknown_weights)
+        weights = torch.where(known, torch.ones_like(targets), unknown_weights)
         return torch.cat([targets, weights], dim=0)
 
 
 class SmileTargetd(MapTransform):
-    """Dictionary version of :class:`SmileTarget`: replaces ``keys`` with the (2K, *spatial) target stack."""
+    """Dictionary version of :class:`SmileTarget`: replaces ``keys`` with the (2K, *spatial) target stack.
+
+    ``pseudo_key``, when the data holds it, is read as the pseudo-label map and then removed.
+    """
 
     def __init__(
-        self, keys: KeysCollection, num_classes: int, annotated_key: str = "annotated_classes", allow_missing_keys=False
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        annotated_key: str = "annotated_classes",
+        pseudo_key: str = "pseudo_label",
+        pseudo_weight: float = 1.0,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = SmileTarget(num_classes)
+        self.converter = SmileTarget(num_classes, pseudo_weight)
         self.annotated_key = annotated_key
+        self.pseudo_key = pseudo_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        pseudo_label = d.pop(self.pseudo_key, None)
         for key in self.key_iterator(d):
-            d[key] = self.converter(d[key], d[self.annotated_key])
+            d[key] = self.converter(d[key], d[self.annotated_key], pseudo_label)
         return d
 
 

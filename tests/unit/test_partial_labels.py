@@ -97,3 +97,29 @@ def test_probabilities_to_label_map_thresholds_then_argmax():
 def test_label_map_to_multilabel_drops_background():
     out = LabelMapToMultiLabel(num_classes=3)(torch.tensor([[0, 3, 1]]))
     assert out.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+def test_pseudo_labels_are_a_separate_weighted_source():
+    label = torch.tensor([[0, 0, 0, 2, 0, 1]])
+    pseudo = torch.tensor([[1, 3, 0, 1, 2, 0]])  # voxel 3 overlaps a real organ: the real label wins
+    stack = SmileTarget(num_classes=3, pseudo_weight=0.5)(label, np.array([1, 1, 0]), pseudo)
+    targets, weights = stack[:3], stack[3:]
+    # classes 1 and 2 are annotated: real labels only, weight 1 everywhere (pseudo class 2 at voxel 4 ignored)
+    assert targets[:2].tolist() == [[0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
+    assert weights[:2].tolist() == [[1] * 6, [1] * 6]
+    # class 3 is not: pseudo positive at voxel 1, pseudo negatives at 0 and 4 (weight 0.5), real organs weight 1
+    assert targets[2].tolist() == [0, 1, 0, 0, 0, 0]
+    assert weights[2].tolist() == [0.5, 0.5, 0, 1, 0.5, 1]
+
+
+def test_smile_targetd_consumes_the_pseudo_label_key():
+    data = {
+        "label": torch.tensor([[0, 1]]),
+        "annotated_classes": np.array([1, 0]),
+        "pseudo_label": torch.tensor([[2, 0]]),
+    }
+    out = SmileTargetd("label", num_classes=2)(data)
+    assert "pseudo_label" not in out
+    assert out["label"].tolist() == [[0, 1], [1, 0], [1, 1], [1, 1]]
+    with pytest.raises(ValueError, match="pseudo_weight"):
+        SmileTarget(num_classes=2, pseudo_weight=2.0)

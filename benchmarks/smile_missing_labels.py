@@ -128,9 +128,9 @@ def measure_throughput(dataset: Path, run_dir: Path, epochs: int, seed: int) -> 
     set_determinism(seed)
     hand = _parse_train_config(dataset, run_dir, epochs)
     device = hand.get_parsed_content("device")
-    network = hand.get_parsed_content("network_def").to(device)
+    network = hand.get_parsed_content("network")
     loss_function = hand.get_parsed_content("loss")
-    optimizer = torch.optim.AdamW(network.parameters(), lr=hand["learning_rate"], weight_decay=1e-5)
+    optimizer = hand.get_parsed_content("optimizer")
     loader = DataLoader(parser.get_parsed_content("train#dataset"), batch_size=hand["batch_size"], shuffle=True)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

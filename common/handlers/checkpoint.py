@@ -23,6 +23,11 @@ def _describe(keys: list[str], limit: int = 3) -> str:
     return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
 
 
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or the module itself."""
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
 def check_state_dict_fits(network: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise :class:`CheckpointMismatchError` naming ``source`` when ``state_dict`` does not fit ``network``."""
     expected = network.state_dict()
@@ -55,7 +60,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, Mapping) and "model" in state_dict and isinstance(state_dict["model"], Mapping):
         state_dict = state_dict["model"]
-    module = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    module = _unwrap(network)
     check_state_dict_fits(module, state_dict, str(path))
     module.load_state_dict(state_dict)
     return network
@@ -118,8 +123,7 @@ class ResumableCheckpoint:
         configured_max_epochs = engine.state.max_epochs
         network = self.save_dict.get("network")
         if network is not None and "network" in checkpoint:
-            module = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-            check_state_dict_fits(module, checkpoint["network"], str(self.path))
+            check_state_dict_fits(_unwrap(network), checkpoint["network"], str(self.path))
         Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
         engine.state.max_epochs = configured_max_epochs
         logger.info("resumed from %s at epoch %d of %d", self.path, engine.state.epoch, configured_max_epochs)
@@ -129,10 +133,7 @@ class ResumableCheckpoint:
     def save(self, engine: Engine) -> None:
         if not _is_main_process():
             return
-        state = {}
-        for name, obj in self.save_dict.items():
-            module = obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
-            state[name] = module.state_dict()
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         torch.save(state, temporary)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from common.transforms.partial_labels import foreground_one_hot
+
 __all__ = ["precision_recall", "pseudo_label_counts"]
 
 
@@ -25,8 +27,8 @@ def pseudo_label_counts(
         int64 tensor (K, 3): columns TP, FP, FN.
     """
     evaluated = torch.as_tensor(np.asarray(evaluated), device=truth.device).bool()
-    classes = torch.arange(1, len(evaluated) + 1, device=truth.device).view(-1, *([1] * (truth.ndim - 1)))
-    predicted, actual = pseudo_label == classes, truth == classes
+    predicted = foreground_one_hot(pseudo_label, len(evaluated))
+    actual = foreground_one_hot(truth, len(evaluated))
     reduce_dims = tuple(range(1, truth.ndim))
     counts = torch.stack(
         [

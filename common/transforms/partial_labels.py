@@ -32,6 +32,7 @@ __all__ = [
     "annotation_indicator",
     "case_name",
     "case_path",
+    "foreground_one_hot",
 ]
 
 
@@ -46,6 +47,12 @@ def case_path(data: Mapping, key: str = "image") -> str:
 def case_name(data: Mapping, key: str = "image") -> str:
     """The file name of ``data[key]`` without its folder: a case's identity, stable when a dataset moves."""
     return Path(case_path(data, key)).name
+
+
+def foreground_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Bool channels (K, *spatial) of a label map (1, *spatial): channel k-1 is ``label == k``, background dropped."""
+    classes = torch.arange(1, num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
+    return label == classes
 
 
 def annotation_indicator(annotated_classes: Sequence[int] | None, num_classes: int, source: str = "") -> np.ndarray:
@@ -178,13 +185,13 @@ class SmileTarget(Transform):
             annotated: (K,) indicator of the annotated classes.
             pseudo_label: optional integer map of pseudo-labels, shape (1, *spatial), values in 0..K.
         """
-        classes = torch.arange(1, self.num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
-        targets = (label == classes).float()
-        known = torch.as_tensor(np.asarray(annotated), device=label.device).bool().view_as(classes)
+        targets = foreground_one_hot(label, self.num_classes).float()
+        known = torch.as_tensor(np.asarray(annotated), device=label.device).bool().view(-1, *([1] * (label.ndim - 1)))
         unknown_weights = (label > 0).float().expand_as(targets)
         if pseudo_label is not None:
             pseudo_only = (pseudo_label > 0) & (label == 0)
-            targets = torch.where(~known & pseudo_only & (pseudo_label == classes), torch.ones_like(targets), targets)
+            pseudo_positive = ~known & pseudo_only & foreground_one_hot(pseudo_label, self.num_classes)
+            targets = torch.where(pseudo_positive, torch.ones_like(targets), targets)
             unknown_weights = torch.where(pseudo_only, torch.full_like(targets, self.pseudo_weight), unknown_weights)
         weights = torch.where(known, torch.ones_like(targets), unknown_weights)
         return torch.cat([targets, weights], dim=0)
@@ -253,8 +260,7 @@ class LabelMapToMultiLabel(Transform):
         self.num_classes = num_classes
 
     def __call__(self, label: torch.Tensor) -> torch.Tensor:
-        classes = torch.arange(1, self.num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
-        return (label == classes).float()
+        return foreground_one_hot(label, self.num_classes).float()
 
 
 class LabelMapToMultiLabeld(MapTransform):

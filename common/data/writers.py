@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from monai.config import PathLike
 from monai.data import NibabelWriter
 
-__all__ = ["AtomicNibabelWriter"]
+__all__ = ["AtomicNibabelWriter", "write_label_map"]
 
 
 class AtomicNibabelWriter(NibabelWriter):
@@ -26,3 +28,31 @@ class AtomicNibabelWriter(NibabelWriter):
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
+
+
+def write_label_map(label: np.ndarray, affine: np.ndarray, path: PathLike) -> Path:
+    """Write an integer label map as a uint8 NIfTI, atomically (hidden temporary file, then rename).
+
+    Args:
+        label: (*spatial) or (1, *spatial) integer array with values in 0..255.
+        affine: (4, 4) voxel-to-world matrix, e.g. the ``affine`` of the image the labels belong to.
+        path: the ``.nii`` or ``.nii.gz`` file to write; its folder is created.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    array = np.asarray(label)
+    array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"{path}: label values must be in 0..255, got {array.min()}..{array.max()}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".partial-{target.name}")
+    image = nib.Nifti1Image(array.astype(np.uint8), np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(np.uint8)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target

@@ -24,6 +24,7 @@ __all__ = [
     "AnnotatedClassesd",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
+    "MergePseudoLabelsd",
     "ProbabilitiesToLabelMap",
     "ProbabilitiesToLabelMapd",
     "SimulateMissingAnnotationsd",
@@ -222,6 +223,43 @@ class SmileTargetd(MapTransform):
         pseudo_label = d.pop(self.pseudo_key, None)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key], d[self.annotated_key], pseudo_label)
+        return d
+
+
+class MergePseudoLabelsd(Transform):
+    """Writes ``output_key``: the real label map where it is labelled, the pseudo-labels elsewhere.
+
+    Meant for choosing crop centres (``ClassesToIndicesd`` on ``output_key``), so that patches also centre on
+    pseudo-labelled organs; the loss still gets the two sources apart through :class:`SmileTargetd`. Without
+    pseudo-labels (``pseudo_key`` absent) the output is a copy of the label.
+
+    Args:
+        label_key: integer label map, shape (1, *spatial).
+        pseudo_key: integer pseudo-label map of the same shape, when present.
+        output_key: the key written.
+    """
+
+    def __init__(
+        self, label_key: str = "label", pseudo_key: str = "pseudo_label", output_key: str = "sampling_label"
+    ) -> None:
+        self.label_key = label_key
+        self.pseudo_key = pseudo_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        label = torch.as_tensor(d[self.label_key])
+        pseudo_label = d.get(self.pseudo_key)
+        if pseudo_label is None:
+            d[self.output_key] = label.clone()
+            return d
+        if tuple(pseudo_label.shape) != tuple(label.shape):
+            raise InvalidInputError(
+                f"{case_path(d, self.pseudo_key)}: pseudo-label shape {tuple(pseudo_label.shape)} differs from the "
+                f"label shape {tuple(label.shape)} of {case_path(d, self.label_key)}"
+            )
+        pseudo_label = torch.as_tensor(pseudo_label, device=label.device).to(label.dtype)
+        d[self.output_key] = torch.where(label > 0, label, pseudo_label)
         return d
 
 

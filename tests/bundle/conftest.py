@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from monai.bundle import ConfigParser
 
 from common.data.synthetic_ct import generate_synthetic_ct
 
@@ -43,3 +46,43 @@ def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: b
             f"{' '.join(command + list(args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def check_torchscript_export(bundle: Path, tmp_path: Path) -> str:
+    """Export ``models/model.pt`` with ``ckpt_export``, load it with ``torch.jit.load`` in a process where neither
+    ``common`` nor ``monai`` can be imported, and compare with the eager network; returns that process's report."""
+    exported = tmp_path / "model.ts"
+    run_cli(
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", ".",
+        cwd=bundle,
+    )  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    network.eval()
+    sample = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.save({"input": sample, "output": network(sample)}, tmp_path / "eager.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["common"] = None
+        sys.modules["monai"] = None
+        try:
+            import common
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("common must not be importable here")
+        import torch
+        model = torch.jit.load({str(exported)!r})
+        eager = torch.load({str(tmp_path / "eager.pt")!r})
+        with torch.no_grad():
+            output = model(eager["input"])
+        torch.testing.assert_close(output, eager["output"], rtol=1e-4, atol=1e-5)
+        print("scripted output matches eager", tuple(output.shape))
+        """
+    )
+    return run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path).stdout.strip()

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
-from tests.bundle.conftest import REPO, TINY_OVERRIDES, copy_bundle, run_cli
+from tests.bundle.conftest import REPO, TINY_OVERRIDES, check_torchscript_export, copy_bundle, run_cli
 
 SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 CONFIGS = REPO / "bundles" / "smile" / "configs"
@@ -157,42 +156,7 @@ def test_metadata_and_network_contract(tmp_path):
 
 def test_torchscript_export_runs_without_this_package(trained, tmp_path):
     bundle, _ = trained
-    exported = tmp_path / "model.ts"
-    run_cli(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", ".",
-        cwd=bundle,
-    )  # fmt: skip
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    network.eval()
-    sample = torch.rand(1, 1, 32, 32, 16)
-    with torch.no_grad():
-        torch.save({"input": sample, "output": network(sample)}, tmp_path / "eager.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["common"] = None
-        sys.modules["monai"] = None
-        try:
-            import common
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("common must not be importable here")
-        import torch
-        model = torch.jit.load({str(exported)!r})
-        eager = torch.load({str(tmp_path / "eager.pt")!r})
-        with torch.no_grad():
-            output = model(eager["input"])
-        torch.testing.assert_close(output, eager["output"], rtol=1e-4, atol=1e-5)
-        print("scripted output matches eager", tuple(output.shape))
-        """
-    )
-    result = run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path)
-    assert "scripted output matches eager (1, 3, 32, 32, 16)" in result.stdout
+    assert check_torchscript_export(bundle, tmp_path) == "scripted output matches eager (1, 3, 32, 32, 16)"
 
 
 def test_torchrun_two_cpu_processes_train_one_epoch(tiny_ct, tmp_path):

@@ -1,0 +1,403 @@
+"""SMILEr's self-relabeling rounds as an ignite handler on one SupervisedTrainer run (METHODS.md §3.3).
+
+The trainer runs ``schedule.total_epochs`` epochs. At the start of each round t = 1..T (after round 0's SMILE
+training, or at once when training starts from given weights) the handler labels, with the current model, the
+surest voxels of every class missing from each training case, writes them as one NIfTI per case, reports their
+count and, when a simulation removed the truth, their precision and recall, and hands the training dataset
+the new pseudo-labels (kept apart from the real labels, under the ``pseudo_label`` key). Optionally the network
+is re-initialised so that each round retrains from scratch. At the end of each round it saves the round's
+weights and validation metrics.
+
+Run folder (``output_dir``)::
+
+    relabeling_run.json             the settings of the run; a restart with other settings is refused
+    round_<t>/pseudo_labels/*.nii.gz  round t's pseudo-labels, on each image's own voxel grid (t >= 1)
+    round_<t>/pseudo_labels.json    round t's report (written last: marks its relabeling complete); also .csv
+    round_<t>/model.pt              weights at the end of round t's training (flat state_dict)
+    round_<t>/validation.json       their validation metrics
+    rounds.csv                      one row per round and class
+
+Restarting a killed run (with the trainer's :class:`~common.handlers.ResumableCheckpoint`, attached before this
+handler) resumes at its last finished epoch; finished rounds are reused, never redone or rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from torch import nn
+
+from common.data.json_io import write_json
+from common.data.writers import write_label_map
+from common.engines.pseudo_labeler import PseudoLabeler
+from common.engines.relabeling_report import (
+    PSEUDO_LABEL_REPORT,
+    VALIDATION_REPORT,
+    case_record,
+    round_report,
+    write_round_report,
+    write_summary,
+)
+from common.engines.schedule import RelabelingSchedule
+from common.engines.selection import class_fractions, crest_rates, gamma_schedule
+from common.errors import InvalidInputError
+from common.handlers.checkpoint import _unwrap, load_weights
+from common.metrics.pseudo_labels import pseudo_label_counts
+from common.transforms.partial_labels import case_name, foreground_one_hot
+
+__all__ = ["RETRAIN_MODES", "RelabelingRounds", "reinitialize_parameters"]
+
+logger = logging.getLogger(__name__)
+
+RETRAIN_MODES = ("previous", "scratch")
+RUN_FILE = "relabeling_run.json"
+
+
+def reinitialize_parameters(network: nn.Module, seed: int) -> None:
+    """Draw fresh initial weights for every submodule that can reset itself, from ``seed``.
+
+    The global random state is left as it was, so data augmentation continues its own stream.
+    """
+    module = _unwrap(network)
+    devices = [p.device for p in module.parameters() if p.is_cuda][:1]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for submodule in module.modules():
+            if callable(getattr(submodule, "reset_parameters", None)):
+                submodule.reset_parameters()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _gather(items: list) -> list:
+    """Every process's ``items``, concatenated (the list itself without torch.distributed)."""
+    if not _distributed():
+        return items
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def _save_weights(network: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(_unwrap(network).state_dict(), temporary)
+    os.replace(temporary, path)
+
+
+class RelabelingRounds:
+    """Ignite handler: T rounds of self-relabeling inside one training run.
+
+    Args:
+        schedule: the epoch plan; the trainer's ``max_epochs`` must be ``schedule.total_epochs``.
+        pseudo_labeler: predicts and selects the pseudo-labels of one volume.
+        datalist: the training entries as given (image, label, annotated_classes, ...), e.g. from
+            :func:`common.data.datalist.load_datalist`.
+        dataset: the training dataset; its data are replaced by ``datalist`` plus each case's pseudo-label file
+            (``set_data`` re-runs a ``CacheDataset``'s cached transforms).
+        load_transform: an entry to a dict holding the loaded ``image`` (1, *spatial) with its metadata, the
+            ``label`` map and the (K,) ``annotated_classes`` indicator (the bundle's load transforms).
+        class_names: the K foreground classes.
+        output_dir: the run folder.
+        gamma_max: fraction of the candidates relabelled in round T, in (0, 1]; round t uses t / T * gamma_max.
+        simulation: a :class:`~common.transforms.SimulateMissingAnnotationsd` applied after loading, as in
+            training; the classes it removes are relabelled and scored against the removed truth.
+        crest_alpha: CReST exponent >= 0; class rates (N_{K+1-c} / N_1) ** alpha from the voxel counts of the
+            real labels multiply gamma_t. 0 relabels every class at gamma_t.
+        retrain: ``"previous"`` continues from the previous round's weights, ``"scratch"`` re-initialises them.
+        evaluator: run at each round's end unless it already ran at that epoch; its metrics are saved.
+        optimizer: its state (e.g. Adam moments) is cleared when retraining from scratch.
+        initial_weights: weights to start from (a trained SMILE model), with a schedule whose round 0 is empty.
+        final_weights: where the weights of the last round are written when training completes.
+        run_settings: other settings that identify the run (datalist, missing rate, network ...); compared with
+            the run folder's on restart.
+        resume: continue the run the folder holds; False refuses a folder that holds one.
+        seed: seeds re-initialisation and the MC-dropout passes.
+        device: where the network runs.
+    """
+
+    def __init__(
+        self,
+        schedule: RelabelingSchedule,
+        pseudo_labeler: PseudoLabeler,
+        datalist: Sequence[Mapping],
+        dataset,
+        load_transform: Callable[[dict], dict],
+        class_names: Sequence[str],
+        output_dir: str | os.PathLike,
+        gamma_max: float = 0.9,
+        simulation: Callable[[dict], dict] | None = None,
+        crest_alpha: float = 0.0,
+        retrain: str = "previous",
+        evaluator: Engine | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        initial_weights: str | os.PathLike | None = None,
+        final_weights: str | os.PathLike | None = None,
+        run_settings: Mapping | None = None,
+        resume: bool = True,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        gamma_schedule(1, schedule.num_rounds, gamma_max)  # checks gamma_max
+        if retrain not in RETRAIN_MODES:
+            raise ValueError(f"retrain must be one of {RETRAIN_MODES}, got {retrain!r}")
+        if crest_alpha < 0:
+            raise ValueError(f"crest_alpha must be >= 0, got {crest_alpha}")
+        if initial_weights and schedule.initial_epochs:
+            raise ValueError("initial_weights replace round 0's training: use a schedule with initial_epochs=0")
+        self.schedule = schedule
+        self.labeler = pseudo_labeler
+        self.datalist = [dict(entry) for entry in datalist]
+        self.dataset = dataset
+        self.load_transform = load_transform
+        self.simulation = simulation
+        self.class_names = list(class_names)
+        self.output_dir = Path(output_dir)
+        self.gamma_max = gamma_max
+        self.crest_alpha = crest_alpha
+        self.retrain = retrain
+        self.evaluator = evaluator
+        self.optimizer = optimizer
+        self.initial_weights = initial_weights
+        self.final_weights = Path(final_weights) if final_weights else None
+        self.run_settings = dict(run_settings or {})
+        self.resume = resume
+        self.seed = seed
+        self.device = device
+        self._class_rates: torch.Tensor | None = None
+        self._case_names = self._unique_case_names()
+
+    def _unique_case_names(self) -> list[str]:
+        names = [case_name(entry) for entry in self.datalist]
+        seen: dict[str, str] = {}
+        for name, entry in zip(names, self.datalist, strict=True):
+            if name in seen:
+                raise InvalidInputError(
+                    f"two training images share the file name {name!r} ({seen[name]} and {entry['image']}); "
+                    "pseudo-labels are stored by image file name: rename one of them"
+                )
+            seen[name] = str(entry["image"])
+        return names
+
+    def attach(self, engine: Engine) -> None:
+        if engine.state.max_epochs not in (None, self.schedule.total_epochs):
+            raise ValueError(
+                f"the trainer runs {engine.state.max_epochs} epochs but the relabeling schedule needs "
+                f"{self.schedule.total_epochs} (initial_epochs + num_rounds * round_epochs)"
+            )
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    # --- the run's identity -------------------------------------------------------------------------------
+
+    def settings(self) -> dict:
+        """Everything that decides what the run writes; a folder holding other settings is refused."""
+        labeler = self.labeler
+        return {
+            **self.run_settings,
+            "class_names": self.class_names,
+            "cases": self._case_names,
+            "num_rounds": self.schedule.num_rounds,
+            "initial_epochs": self.schedule.initial_epochs,
+            "round_epochs": self.schedule.round_epochs,
+            "gamma_max": self.gamma_max,
+            "selection": labeler.selection,
+            "threshold": labeler.threshold,
+            "mc_passes": labeler.mc_passes if labeler.selection == "uncertainty" else None,
+            "uncertainty": labeler.uncertainty if labeler.selection == "uncertainty" else None,
+            "crest_alpha": self.crest_alpha,
+            "retrain": self.retrain,
+            "initial_weights": str(self.initial_weights) if self.initial_weights else None,
+            "seed": self.seed,
+        }
+
+    def _claim_run_folder(self) -> None:
+        path = self.output_dir / RUN_FILE
+        settings = json.loads(json.dumps(self.settings()))  # as it reads back from JSON
+        if path.is_file():
+            held = json.loads(path.read_text())
+            if not self.resume:
+                raise InvalidInputError(
+                    f"{self.output_dir} already holds a relabeling run ({path}); resume is false, so it would be "
+                    "overwritten: choose another output_dir, or set resume to true to continue it"
+                )
+            differing = sorted(key for key in set(held) | set(settings) if held.get(key) != settings.get(key))
+            if differing:
+                details = "; ".join(f"{k}: folder {held.get(k)!r}, now {settings.get(k)!r}" for k in differing[:5])
+                raise InvalidInputError(
+                    f"{self.output_dir} holds a different relabeling run ({path}): {details}. "
+                    "Nothing was overwritten: choose another output_dir for these settings"
+                )
+            return
+        _barrier()
+        if _rank_and_world()[0] == 0:
+            write_json(settings, path)
+        _barrier()
+
+    # --- events -------------------------------------------------------------------------------------------
+
+    def started(self, engine: Engine) -> None:
+        """Check the folder, then restore the state of the round the trainer (re)starts in."""
+        self._claim_run_folder()
+        completed = engine.state.epoch
+        if completed == 0 and self.initial_weights:
+            load_weights(_unwrap(self.labeler.network), self.initial_weights)
+            logger.info("relabeling starts from %s", self.initial_weights)
+        ending = self.schedule.ending_round(completed)
+        if ending is not None and not (self._round_dir(ending) / "model.pt").is_file():
+            self._finish_round(ending, engine)
+        if completed >= self.schedule.total_epochs:
+            return
+        current = self.schedule.round_of_epoch(completed + 1)
+        if current == 0:
+            return
+        if completed == self.schedule.round_start(current):
+            self._start_round(current)
+        elif not (self._round_dir(current) / PSEUDO_LABEL_REPORT).is_file():
+            raise InvalidInputError(
+                f"cannot resume at epoch {completed}: round {current}'s pseudo-labels "
+                f"({self._round_dir(current) / PSEUDO_LABEL_REPORT}) are missing from {self.output_dir}"
+            )
+        else:
+            self._use_pseudo_labels(current)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        completed = engine.state.epoch
+        ending = self.schedule.ending_round(completed)
+        if ending is not None:
+            self._finish_round(ending, engine)
+        starting = self.schedule.starting_round(completed)
+        if starting is not None:
+            self._start_round(starting)
+
+    def completed(self, engine: Engine) -> None:
+        if engine.state.epoch >= self.schedule.total_epochs and self.final_weights and _rank_and_world()[0] == 0:
+            _save_weights(self.labeler.network, self.final_weights)
+            logger.info("final relabeled model written to %s", self.final_weights)
+
+    # --- rounds -------------------------------------------------------------------------------------------
+
+    def _round_dir(self, round_index: int) -> Path:
+        return self.output_dir / f"round_{round_index}"
+
+    def _finish_round(self, round_index: int, engine: Engine) -> None:
+        """Save the round's weights and validation metrics (rank 0 writes)."""
+        metrics = self._validate(engine)
+        if _rank_and_world()[0] == 0:
+            folder = self._round_dir(round_index)
+            _save_weights(self.labeler.network, folder / "model.pt")
+            if metrics is not None:
+                write_json(metrics, folder / VALIDATION_REPORT)
+            write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
+        logger.info("round %d finished at epoch %d: %s", round_index, engine.state.epoch, metrics)
+        _barrier()
+
+    def _validate(self, engine: Engine) -> dict | None:
+        if self.evaluator is None:
+            return None
+        if self.evaluator.state.epoch != engine.state.epoch or not self.evaluator.state.metrics:
+            self.evaluator.run(engine.state.epoch)
+        return {name: float(value) for name, value in self.evaluator.state.metrics.items()}
+
+    def _start_round(self, round_index: int) -> None:
+        """Relabel with the current weights (unless a finished relabeling of this round is on disk), then train."""
+        if not (self._round_dir(round_index) / PSEUDO_LABEL_REPORT).is_file():
+            self._relabel(round_index)
+        self._use_pseudo_labels(round_index)
+        if self.retrain == "scratch":
+            reinitialize_parameters(self.labeler.network, self.seed + round_index)
+            if self.optimizer is not None:
+                self.optimizer.state.clear()
+            logger.info("round %d retrains from freshly initialised weights", round_index)
+
+    def _relabel(self, round_index: int) -> None:
+        gamma = gamma_schedule(round_index, self.schedule.num_rounds, self.gamma_max)
+        rates = self._rates()
+        fractions = class_fractions(gamma, rates)
+        rank, world = _rank_and_world()
+        folder = self._round_dir(round_index)
+        records = []
+        for index in range(rank, len(self.datalist), world):
+            generator_seed = self.seed + 1000 * round_index + index
+            records.append(self._relabel_case(index, fractions, folder, generator_seed))
+        records = _gather(records)
+        if rank == 0:
+            report = round_report(round_index, gamma, self.labeler.selection, self.class_names, rates, records)
+            write_round_report(report, folder)
+            write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
+            logger.info("round %d relabeled (gamma %.3f): %s", round_index, gamma, report["classes"])
+        _barrier()
+
+    def _relabel_case(self, index: int, fractions: torch.Tensor, folder: Path, seed: int) -> dict:
+        loaded = self.load_transform(dict(self.datalist[index]))
+        truth = loaded["label"]
+        simulated = self.simulation(dict(loaded)) if self.simulation is not None else loaded
+        num_classes = len(self.class_names)
+        annotated = torch.as_tensor(simulated["annotated_classes"]).bool()
+        relabelled = ~annotated
+        evaluated = torch.as_tensor(simulated.get("dropped_classes", torch.zeros(num_classes))).bool()
+        voxels = torch.zeros(num_classes, dtype=torch.int64)
+        counts = torch.zeros(num_classes, 3, dtype=torch.int64)
+        pseudo_file = None
+        if relabelled.any():
+            devices = [self.device] if torch.device(self.device).type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                probabilities, uncertainty = self.labeler.predict(simulated["image"], self.device)
+            pseudo = self.labeler.select(probabilities, uncertainty, simulated["label"], fractions * relabelled)
+            voxels = foreground_one_hot(pseudo, num_classes).sum(dim=tuple(range(1, pseudo.ndim)))
+            counts = pseudo_label_counts(pseudo, torch.as_tensor(truth), evaluated)
+            name = self._case_names[index]
+            path = write_label_map(pseudo.numpy(), simulated["image"].affine.numpy(), folder / "pseudo_labels" / name)
+            pseudo_file = str(path.relative_to(self.output_dir))
+        return case_record(
+            self._case_names[index], pseudo_file, self.class_names, relabelled, voxels, counts, evaluated
+        )
+
+    def _rates(self) -> torch.Tensor:
+        """CReST rates from the voxel counts of the real labels (all ones without rebalancing)."""
+        if self.crest_alpha == 0:
+            return torch.ones(len(self.class_names))
+        if self._class_rates is None:
+            counts = torch.zeros(len(self.class_names), dtype=torch.int64)
+            for entry in self.datalist:
+                loaded = self.load_transform(dict(entry))
+                label = (self.simulation(dict(loaded)) if self.simulation is not None else loaded)["label"]
+                one_hot = foreground_one_hot(torch.as_tensor(label), len(self.class_names))
+                counts += one_hot.sum(dim=tuple(range(1, one_hot.ndim)))
+            self._class_rates = crest_rates(counts, self.crest_alpha)
+            logger.info("CReST class voxel counts %s, rates %s", counts.tolist(), self._class_rates.tolist())
+        return self._class_rates
+
+    def _use_pseudo_labels(self, round_index: int) -> None:
+        """Give the training dataset round ``round_index``'s pseudo-labels."""
+        report = json.loads((self._round_dir(round_index) / PSEUDO_LABEL_REPORT).read_text())
+        files = {r["case"]: str(self.output_dir / r["pseudo_label"]) for r in report["cases"] if r["pseudo_label"]}
+        data = [
+            {**entry, "pseudo_label": files[name]} if name in files else dict(entry)
+            for name, entry in zip(self._case_names, self.datalist, strict=True)
+        ]
+        if hasattr(self.dataset, "set_data"):
+            self.dataset.set_data(data)
+        else:
+            self.dataset.data = data
+        logger.info("training on round %d's pseudo-labels of %d cases", round_index, len(files))

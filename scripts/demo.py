@@ -1,4 +1,4 @@
-"""`make demo`: generate sample CT, train SMILE briefly, evaluate, segment, export TorchScript, summarise.
+"""`make demo`: generate sample CT, train SMILE briefly, evaluate, segment, export TorchScript, relabel (SMILEr).
 
 Every step is the real ``python -m monai.bundle`` command a user would type; each is printed before it runs and
 its log goes to ``work/demo/logs/``. Running the demo again reuses the data and resumes the finished training.
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "smile"
+BUNDLES = REPO / "bundles"
+ORGANS = ("liver", "pancreas", "stomach")
 
 
 def shell_text(args: list[str]) -> str:
@@ -36,12 +37,13 @@ def run_step(title: str, args: list[str], log: Path) -> None:
     print(f"   done in {time.perf_counter() - start:.0f} s (log: {log})", flush=True)
 
 
-def bundle_args(config: list[str], work: Path, *extra: str) -> list[str]:
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / name}'" for name in config) + "]"
+def bundle_args(config: list[str], work: Path, *extra: str, bundle: str = "smile", models: str = "models") -> list[str]:
+    folder = BUNDLES / bundle
+    files = "[" + ",".join(f"'{folder / 'configs' / name}'" for name in config) + "]"
     return [
-        "monai.bundle", "run", "--config_file", files, "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE),
-        "--dataset_dir", str(work / "data"), "--ckpt_dir", str(work / "models"), *extra,
+        "monai.bundle", "run", "--config_file", files, "--meta_file", str(folder / "configs" / "metadata.json"),
+        "--logging_file", str(folder / "configs" / "logging.conf"), "--bundle_root", str(folder),
+        "--dataset_dir", str(work / "data"), "--ckpt_dir", str(work / models), *extra,
     ]  # fmt: skip
 
 
@@ -55,52 +57,82 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_cases", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--missing_rate", type=float, default=0.5, help="alpha: chance an organ is left undelineated")
+    parser.add_argument("--smiler_rounds", type=int, default=2, help="SMILEr relabeling rounds after SMILE")
+    parser.add_argument("--round_epochs", type=int, default=20, help="training epochs of each SMILEr round")
     args = parser.parse_args(argv)
     work, logs = args.work_dir.resolve(), args.work_dir.resolve() / "logs"
     patch = ["--patch_size", "[48,48,32]"]
 
     run_step(
-        "1/5 generate synthetic abdominal CT",
+        "1/7 generate synthetic abdominal CT",
         ["common.data.synthetic_ct", "--output_dir", str(work / "data"), "--num_cases", str(args.num_cases),
          "--shape", "80", "80", "32", "--spacing", "1.6", "1.6", "2.5"],
         logs / "generate.log",
     )  # fmt: skip
     run_step(
-        f"2/5 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
+        f"2/7 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
         bundle_args(["train.json"], work, "--output_dir", str(work / "train"), "--epochs", str(args.epochs),
                     "--val_interval", "10", "--missing_rate", str(args.missing_rate), *patch),
         logs / "train.log",
     )  # fmt: skip
     run_step(
-        "3/5 evaluate on the test split",
+        "3/7 evaluate on the test split",
         bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "evaluation"), *patch),
         logs / "evaluate.log",
     )
     run_step(
-        "4/5 segment the test images",
+        "4/7 segment the test images",
         bundle_args(["inference.json"], work, "--output_dir", str(work / "predictions"), *patch),
         logs / "inference.log",
     )
     run_step(
-        "5/5 export TorchScript",
+        "5/7 export TorchScript",
         ["monai.bundle", "ckpt_export", "network_def", "--filepath", str(work / "models" / "model.ts"),
-         "--ckpt_file", str(work / "models" / "model.pt"), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-         "--config_file", str(BUNDLE / "configs" / "inference.json"), "--bundle_root", str(BUNDLE)],
+         "--ckpt_file", str(work / "models" / "model.pt"), "--meta_file", str(BUNDLES / "smile/configs/metadata.json"),
+         "--config_file", str(BUNDLES / "smile/configs/inference.json"), "--bundle_root", str(BUNDLES / "smile")],
         logs / "export.log",
     )  # fmt: skip
+    smiler = {"bundle": "smiler", "models": "smiler_models"}
+    run_step(
+        f"6/7 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
+        bundle_args(["train.json"], work, "--output_dir", str(work / "smiler"), "--initial_ckpt",
+                    str(work / "models" / "model.pt"), "--num_rounds", str(args.smiler_rounds), "--round_epochs",
+                    str(args.round_epochs), "--val_interval", "10", "--missing_rate", str(args.missing_rate),
+                    *patch, **smiler),
+        logs / "smiler.log",
+    )  # fmt: skip
+    run_step(
+        "7/7 evaluate the SMILEr model on the test split",
+        bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "smiler_evaluation"),
+                    *patch, **smiler),
+        logs / "smiler_evaluate.log",
+    )  # fmt: skip
 
-    metrics = read_metrics(work / "evaluation" / "metrics.csv")
-    print("\nSMILE demo summary (test split, Dice per organ)")
-    for organ in ("liver", "pancreas", "stomach"):
-        print(f"  {organ:<9} {metrics[f'val_dice_{organ}']:.3f}")
-    print(f"  {'mean':<9} {metrics['val_mean_dice']:.3f}")
+    smile = read_metrics(work / "evaluation" / "metrics.csv")
+    relabeled = read_metrics(work / "smiler_evaluation" / "metrics.csv")
+    print("\nDemo summary: Dice per organ on the test split")
+    print(f"  {'':<9} {'SMILE':>7} {'SMILEr':>7}")
+    for organ in ORGANS:
+        print(f"  {organ:<9} {smile[f'val_dice_{organ}']:>7.3f} {relabeled[f'val_dice_{organ}']:>7.3f}")
+    print(f"  {'mean':<9} {smile['val_mean_dice']:>7.3f} {relabeled['val_mean_dice']:>7.3f}")
+    print("\nSMILEr pseudo-labels per round, precision / recall against the removed annotations")
+    for row in csv.DictReader((work / "smiler" / "rounds.csv").open()):
+        if row["precision"] or row["recall"]:
+            precision, recall = _fraction(row["precision"]), _fraction(row["recall"])
+            print(f"  round {row['round']} {row['class']:<9} {precision} / {recall}")
     print("\nOutputs")
     print(f"  weights      {work / 'models' / 'model.pt'}")
     print(f"  TorchScript  {work / 'models' / 'model.ts'}")
     print(f"  masks        {work / 'predictions'}  ({len(list((work / 'predictions').glob('*.nii.gz')))} NIfTI files)")
     print(f"  per-case     {work / 'evaluation' / 'val_mean_dice_raw.csv'}")
+    print(f"  SMILEr       {work / 'smiler'}  (pseudo-labels and reports per round; weights in smiler_models/)")
     print(f"  TensorBoard  tensorboard --logdir {work / 'train'}")
-    print("A short CPU run: train longer (--epochs) or on a GPU for accurate masks; see bundles/smile/docs/README.md.")
+    print("A short CPU run: train longer (--epochs) or on a GPU for accurate masks; see bundles/smile/docs/README.md")
+    print("and bundles/smiler/docs/README.md.")
+
+
+def _fraction(text: str) -> str:
+    return f"{float(text):.3f}" if text else "  –  "
 
 
 if __name__ == "__main__":

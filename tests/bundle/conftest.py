@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from common.data.synthetic_ct import generate_synthetic_ct
 
@@ -86,3 +86,19 @@ def check_torchscript_export(bundle: Path, tmp_path: Path) -> str:
         """
     )
     return run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path).stdout.strip()
+
+
+def missing_workflow_properties(name: str, workflow_type: str, config: str, dataset: Path, tmp_path: Path) -> list:
+    """The required properties that a copy of bundle ``name``'s ``config`` lacks as a ``workflow_type`` workflow."""
+    bundle = copy_bundle(name, tmp_path)
+    workflow = ConfigWorkflow(
+        workflow_type=workflow_type,
+        config_file=str(bundle / "configs" / config),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        dataset_dir=str(dataset),
+        num_workers=0,
+    )
+    workflow.initialize()
+    return workflow.check_properties()

@@ -9,9 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from tests.bundle.conftest import REPO, TINY_OVERRIDES, check_torchscript_export, copy_bundle, run_cli
+from tests.bundle.conftest import (
+    REPO,
+    TINY_OVERRIDES,
+    check_torchscript_export,
+    copy_bundle,
+    missing_workflow_properties,
+    run_cli,
+)
 
 SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 CONFIGS = REPO / "bundles" / "smile" / "configs"
@@ -31,18 +37,7 @@ def trained(tmp_path_factory, tiny_ct):
 
 @pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.json"), ("infer", "inference.json")])
 def test_workflow_properties_are_complete(workflow_type, config, tiny_ct, tmp_path):
-    bundle = copy_bundle("smile", tmp_path)
-    workflow = ConfigWorkflow(
-        workflow_type=workflow_type,
-        config_file=str(bundle / "configs" / config),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(tiny_ct),
-        num_workers=0,
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
+    assert not missing_workflow_properties("smile", workflow_type, config, tiny_ct, tmp_path)
 
 
 def test_cli_training_writes_flat_weights_and_resume_state(trained):

@@ -11,10 +11,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from common.errors import InvalidInputError
-from tests.bundle.conftest import REPO, TINY_OVERRIDES, check_torchscript_export, copy_bundle, run_cli
+from tests.bundle.conftest import (
+    REPO,
+    TINY_OVERRIDES,
+    check_torchscript_export,
+    copy_bundle,
+    missing_workflow_properties,
+    run_cli,
+)
 
 SCHEMAS = REPO / "tests" / "schemas"
 TRAIN = ["run", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", "--bundle_root", "."]
@@ -38,18 +45,7 @@ def _digests(folder) -> dict:
 
 @pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.json"), ("infer", "inference.json")])
 def test_workflow_properties_are_complete(workflow_type, config, tiny_ct, tmp_path):
-    bundle = copy_bundle("smiler", tmp_path)
-    workflow = ConfigWorkflow(
-        workflow_type=workflow_type,
-        config_file=str(bundle / "configs" / config),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(tiny_ct),
-        num_workers=0,
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
+    assert not missing_workflow_properties("smiler", workflow_type, config, tiny_ct, tmp_path)
 
 
 def test_two_rounds_write_pseudo_labels_on_the_image_grid(relabeled, tiny_ct):
@@ -134,6 +130,14 @@ def test_folder_of_a_different_run_is_refused_untouched(relabeled, tiny_ct):
     assert _digests(bundle / "eval") == before
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it was raised from (MONAI wraps the error of a component it instantiates)."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
 def _parse(bundle, tiny_ct, **overrides):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
@@ -156,9 +160,7 @@ def test_bad_settings_are_explained_before_training(overrides, message, tiny_ct,
     bundle = copy_bundle("smiler", tmp_path)
     with pytest.raises(Exception) as error:
         _parse(bundle, tiny_ct, **overrides)
-    chain = [error.value]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
+    chain = _causes(error.value)
     assert any(message in str(e) for e in chain), [str(e) for e in chain]
     assert not (bundle / "eval" / "relabeling_run.json").exists()
 
@@ -173,9 +175,7 @@ def test_training_images_sharing_a_file_name_are_refused(tiny_ct, tmp_path):
     bundle = copy_bundle("smiler", tmp_path)
     with pytest.raises(Exception) as error:
         _parse(bundle, tiny_ct, datalist=str(tmp_path / "dup.json"))
-    chain = [error.value]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
+    chain = _causes(error.value)
     assert any(isinstance(e, InvalidInputError) and "share the file name 'case_000.nii.gz'" in str(e) for e in chain)
 
 

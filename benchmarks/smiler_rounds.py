@@ -9,7 +9,9 @@ For each missing rate alpha, on generated abdominal CT and through the real ``mo
   ``confidence``, ``uncertainty`` (MC dropout, std), ``crest`` (confidence with CReST rates, alpha 1/3),
   ``no_pseudo`` (the same rounds with ``pseudo_weight 0``: extra SMILE epochs with warm restarts, the control
   that tells relabeling from longer training) and ``scratch`` (confidence, each round retrained from freshly
-  initialised weights for ``--initial_epochs`` epochs).
+  initialised weights for ``--initial_epochs`` epochs);
+- diagnostics, only when named in ``--methods``: ``threshold_0.9`` (confidence, candidates need probability
+  >= 0.9) and ``gamma_max_0.5`` (confidence, the last round keeps half of the candidates).
 
 Every model is evaluated on the test split (full labels). Prints two Markdown tables, test Dice per organ and the
 precision / recall of each round's pseudo-labels, and writes them with the raw numbers to
@@ -40,14 +42,19 @@ from common.data.synthetic_ct import generate_synthetic_ct
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 ORGANS = ("liver", "pancreas", "stomach")
-VARIANTS = {
-    "confidence": ["--selection", "confidence"],
-    "uncertainty": ["--selection", "uncertainty"],
-    "crest": ["--selection", "confidence", "--crest_alpha", "0.3333"],
-    "no_pseudo": ["--selection", "confidence", "--pseudo_weight", "0.0"],
-    "scratch": ["--selection", "confidence", "--retrain", "scratch"],
+VARIANTS = {  # overrides of the SMILEr settings given on the command line
+    "confidence": {"selection": "confidence"},
+    "uncertainty": {"selection": "uncertainty"},
+    "crest": {"selection": "confidence", "crest_alpha": 0.3333},
+    "no_pseudo": {"selection": "confidence", "pseudo_weight": 0.0},
+    "scratch": {"selection": "confidence", "retrain": "scratch"},
+    # diagnostics, run on request: stricter candidates, or a smaller final share
+    "threshold_0.9": {"selection": "confidence", "threshold": 0.9},
+    "gamma_max_0.5": {"selection": "confidence", "gamma_max": 0.5},
 }
+DIAGNOSTICS = ("threshold_0.9", "gamma_max_0.5")
 METHODS = ("baseline", "smile", *VARIANTS)
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in DIAGNOSTICS)
 
 
 def _configs(bundle: str, *files: str) -> str:
@@ -80,12 +87,12 @@ def run_method(method: str, alpha: float, dataset: Path, run_dir: Path, smile: F
                  str(run_dir / "eval"), *training, *args.bundle_args], log)  # fmt: skip
             evaluation = (_configs("smile", *files, "evaluate.json"), "smile")
         else:
-            round_epochs = args.initial_epochs if method == "scratch" else args.round_epochs
-            training = [
-                "--initial_ckpt", str(smile_dir / "models" / "model.pt"), "--num_rounds", str(args.num_rounds),
-                "--round_epochs", str(round_epochs), "--gamma_max", str(args.gamma_max),
-                "--val_interval", str(args.val_interval), *VARIANTS[method],
-            ]  # fmt: skip
+            settings = {
+                "initial_ckpt": smile_dir / "models" / "model.pt", "num_rounds": args.num_rounds,
+                "round_epochs": args.initial_epochs if method == "scratch" else args.round_epochs,
+                "gamma_max": args.gamma_max, "val_interval": args.val_interval, **VARIANTS[method],
+            }  # fmt: skip
+            training = [text for key, value in settings.items() for text in (f"--{key}", str(value))]
             _cli(_configs("smiler", "train.json"), [*shared, "--bundle_root", str(BUNDLES / "smiler"), "--output_dir",
                  str(run_dir / "eval"), *training, *args.bundle_args], log)  # fmt: skip
             evaluation = (_configs("smiler", "train.json", "evaluate.json"), "smiler")
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(80, 80, 32))
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.6, 1.6, 2.5))
     parser.add_argument("--alphas", type=float, nargs="+", default=(0.7, 0.9))
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
     parser.add_argument("--initial_epochs", type=int, default=150, help="baseline, SMILE and scratch rounds")
     parser.add_argument("--num_rounds", type=int, default=3)
     parser.add_argument("--round_epochs", type=int, default=40)

@@ -50,6 +50,7 @@ from common.engines.selection import class_fractions, crest_rates, gamma_schedul
 from common.errors import InvalidInputError
 from common.handlers.checkpoint import _unwrap, load_weights
 from common.metrics.pseudo_labels import pseudo_label_counts
+from common.settings import as_flag
 from common.transforms.partial_labels import case_name, foreground_one_hot
 
 __all__ = ["RETRAIN_MODES", "RelabelingRounds", "reinitialize_parameters"]
@@ -179,7 +180,7 @@ class RelabelingRounds:
         self.initial_weights = initial_weights
         self.final_weights = Path(final_weights) if final_weights else None
         self.run_settings = dict(run_settings or {})
-        self.resume = resume
+        self.resume = as_flag(resume, "resume")
         self.seed = seed
         self.device = device
         self._class_rates: torch.Tensor | None = None

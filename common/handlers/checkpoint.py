@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from common.errors import CheckpointMismatchError
+from common.settings import as_flag
 
 __all__ = ["ResumableCheckpoint", "WeightsLoader", "check_state_dict_fits", "load_weights"]
 
@@ -107,7 +108,7 @@ class ResumableCheckpoint:
     def __init__(self, path: str | os.PathLike, save_dict: dict, resume: bool = True, save_interval: int = 1) -> None:
         self.path = Path(path)
         self.save_dict = save_dict
-        self.resume = resume
+        self.resume = as_flag(resume, "resume")
         self.save_interval = save_interval
 
     def attach(self, engine: Engine) -> None:

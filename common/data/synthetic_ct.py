@@ -29,7 +29,6 @@ import gzip
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from common.data.atomic import atomic_target
 from common.data.json_io import write_json
 
 __all__ = ["ORGAN_LABELS", "generate_synthetic_ct", "make_phantom"]
@@ -520,15 +520,10 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it: `path` is never seen half-written."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_target(path) as temporary, open(temporary, "xb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def _datalist(names: Sequence[str], num_validation: int, num_test: int, generator: dict) -> dict:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 from monai.data import NibabelWriter
+
+from common.data.atomic import atomic_target
 
 __all__ = ["AtomicNibabelWriter", "write_label_map"]
 
@@ -21,13 +22,8 @@ class AtomicNibabelWriter(NibabelWriter):
     """
 
     def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs) -> None:
-        target = Path(filename)
-        temporary = target.with_name(f".partial-{target.name}")  # same suffix, so nibabel picks the same format
-        try:
+        with atomic_target(filename) as temporary:
             super().write(temporary, verbose=verbose, **obj_kwargs)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
 
 
 def write_label_map(label: np.ndarray, affine: np.ndarray, path: PathLike) -> Path:
@@ -45,14 +41,8 @@ def write_label_map(label: np.ndarray, affine: np.ndarray, path: PathLike) -> Pa
     array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"{path}: label values must be in 0..255, got {array.min()}..{array.max()}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".partial-{target.name}")
     image = nib.Nifti1Image(array.astype(np.uint8), np.asarray(affine, dtype=np.float64))
     image.set_data_dtype(np.uint8)
-    try:
+    with atomic_target(path) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return Path(path)

@@ -1,6 +1,6 @@
 """Training engines beyond MONAI's: self-relabeling rounds (SMILEr) and their pseudo-label selection rules."""
 
-from common.engines.pseudo_labeler import PseudoLabeler, has_dropout
+from common.engines.pseudo_labeler import PseudoLabeler
 from common.engines.relabeling import RelabelingRounds, reinitialize_parameters
 from common.engines.schedule import RelabelingSchedule
 from common.engines.selection import (
@@ -8,6 +8,7 @@ from common.engines.selection import (
     class_fractions,
     crest_rates,
     gamma_schedule,
+    has_dropout,
     mc_dropout_predict,
     select_confident,
     select_least_uncertain,

@@ -14,18 +14,13 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 from torch import nn
 
-from common.engines.selection import binary_entropy, mc_dropout_predict, select_top_fraction
-from common.handlers.checkpoint import _unwrap
+from common.engines.selection import binary_entropy, has_dropout, mc_dropout_predict, select_top_fraction
+from common.handlers.checkpoint import unwrap
 
-__all__ = ["SELECTION_RULES", "UNCERTAINTY_MEASURES", "PseudoLabeler", "has_dropout"]
+__all__ = ["SELECTION_RULES", "UNCERTAINTY_MEASURES", "PseudoLabeler"]
 
 SELECTION_RULES = ("confidence", "uncertainty")
 UNCERTAINTY_MEASURES = ("std", "entropy")
-
-
-def has_dropout(network: nn.Module) -> bool:
-    """Whether ``network`` holds a dropout layer with p > 0, as MC dropout needs."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in _unwrap(network).modules())
 
 
 class PseudoLabeler:
@@ -72,7 +67,7 @@ class PseudoLabeler:
             raise ValueError(f"mc_passes must be >= 2 for MC dropout, got {mc_passes}")
         if selection == "uncertainty" and not has_dropout(network):
             raise ValueError(
-                f"selection 'uncertainty' uses MC dropout, but the network ({type(_unwrap(network)).__name__}) "
+                f"selection 'uncertainty' uses MC dropout, but the network ({type(unwrap(network)).__name__}) "
                 "has no dropout layer with p > 0: set network_def#dropout (e.g. 0.1) or use selection 'confidence'"
             )
         self.network = network
@@ -104,7 +99,7 @@ class PseudoLabeler:
         """
         data = self.preprocessing({"image": image})
         inputs = data["image"].unsqueeze(0).to(device)
-        network = _unwrap(self.network)
+        network = unwrap(self.network)
         if self.selection == "confidence":
             probabilities, uncertainty = self._deterministic(network, inputs), None
         else:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
+from common.data.atomic import atomic_target
 from common.data.json_io import write_json
 from common.data.writers import write_label_map
 from common.engines.pseudo_labeler import PseudoLabeler
@@ -48,7 +50,7 @@ from common.engines.relabeling_report import (
 from common.engines.schedule import RelabelingSchedule
 from common.engines.selection import class_fractions, crest_rates, gamma_schedule
 from common.errors import InvalidInputError
-from common.handlers.checkpoint import _unwrap, load_weights
+from common.handlers.checkpoint import load_weights, unwrap
 from common.metrics.pseudo_labels import pseudo_label_counts
 from common.settings import as_flag
 from common.transforms.partial_labels import case_name, foreground_one_hot
@@ -61,15 +63,24 @@ RETRAIN_MODES = ("previous", "scratch")
 RUN_FILE = "relabeling_run.json"
 
 
+@contextmanager
+def _seeded(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Seed torch (CPU, and ``device`` when it is a GPU) inside the block; the outer random state is restored after,
+    so data augmentation continues its own stream."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def reinitialize_parameters(network: nn.Module, seed: int) -> None:
     """Draw fresh initial weights for every submodule that can reset itself, from ``seed``.
 
     The global random state is left as it was, so data augmentation continues its own stream.
     """
-    module = _unwrap(network)
-    devices = [p.device for p in module.parameters() if p.is_cuda][:1]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    module = unwrap(network)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    with _seeded(seed, device):
         for submodule in module.modules():
             if callable(getattr(submodule, "reset_parameters", None)):
                 submodule.reset_parameters()
@@ -98,10 +109,8 @@ def _gather(items: list) -> list:
 
 
 def _save_weights(network: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(_unwrap(network).state_dict(), temporary)
-    os.replace(temporary, path)
+    with atomic_target(path) as temporary:
+        torch.save(unwrap(network).state_dict(), temporary)
 
 
 class RelabelingRounds:
@@ -261,7 +270,7 @@ class RelabelingRounds:
         self._claim_run_folder()
         completed = engine.state.epoch
         if completed == 0 and self.initial_weights:
-            load_weights(_unwrap(self.labeler.network), self.initial_weights)
+            load_weights(unwrap(self.labeler.network), self.initial_weights)
             logger.info("relabeling starts from %s", self.initial_weights)
         ending = self.schedule.ending_round(completed)
         if ending is not None and not (self._round_dir(ending) / "model.pt").is_file():
@@ -360,9 +369,7 @@ class RelabelingRounds:
         counts = torch.zeros(num_classes, 3, dtype=torch.int64)
         pseudo_file = None
         if relabelled.any():
-            devices = [self.device] if torch.device(self.device).type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
+            with _seeded(seed, self.device):
                 probabilities, uncertainty = self.labeler.predict(simulated["image"], self.device)
             pseudo = self.labeler.select(probabilities, uncertainty, simulated["label"], fractions * relabelled)
             voxels = foreground_one_hot(pseudo, num_classes).sum(dim=tuple(range(1, pseudo.ndim)))

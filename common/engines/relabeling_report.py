@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from common.data.atomic import atomic_target
 from common.data.json_io import write_json
 from common.metrics.pseudo_labels import precision_recall
 
@@ -107,9 +108,8 @@ def _csv_text(header: Sequence[str], rows: Sequence[dict]) -> str:
 
 
 def _write_text(text: str, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with atomic_target(path) as temporary:
+        temporary.write_text(text)
 
 
 def write_round_report(report: dict, folder: str | os.PathLike) -> Path:
@@ -118,7 +118,6 @@ def write_round_report(report: dict, folder: str | os.PathLike) -> Path:
     The JSON is written last: its presence marks the round's relabeling as complete.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)  # absent when no case needed a pseudo-label file
     header = ["case", "class", "voxels", "tp", "fp", "fn"]
     rows = [
         {"case": record["case"], "class": name, **line}

@@ -18,11 +18,14 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from common.handlers.checkpoint import unwrap
+
 __all__ = [
     "binary_entropy",
     "class_fractions",
     "crest_rates",
     "gamma_schedule",
+    "has_dropout",
     "mc_dropout_predict",
     "select_confident",
     "select_least_uncertain",
@@ -143,6 +146,11 @@ def _dropout_modules(network: nn.Module) -> list[_DropoutNd]:
     return [module for module in network.modules() if isinstance(module, _DropoutNd)]
 
 
+def has_dropout(network: nn.Module) -> bool:
+    """Whether ``network`` (possibly wrapped in DistributedDataParallel) has a dropout layer with p > 0."""
+    return any(module.p > 0 for module in _dropout_modules(unwrap(network)))
+
+
 def mc_dropout_predict(
     network: nn.Module,
     inputs: torch.Tensor,
@@ -168,8 +176,7 @@ def mc_dropout_predict(
     """
     if passes < 2:
         raise ValueError(f"MC dropout needs passes >= 2 to estimate a spread, got {passes}")
-    dropouts = _dropout_modules(network)
-    if not any(module.p > 0 for module in dropouts):
+    if not has_dropout(network):
         raise ValueError(
             f"MC dropout needs dropout layers: {type(network).__name__} has none with p > 0; "
             "build it with dropout (e.g. UNet(..., dropout=0.1))"
@@ -177,7 +184,7 @@ def mc_dropout_predict(
     flags = [(module, module.training) for module in network.modules()]
     try:
         network.eval()
-        for module in dropouts:
+        for module in _dropout_modules(network):
             module.train()
         with torch.no_grad():
             return _mean_and_std(network, inputs, passes, predictor)

@@ -1,6 +1,6 @@
 """Ignite handlers shared by the bundles."""
 
-from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights
+from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights, unwrap
 from common.handlers.metrics import PartialLabelDice, per_class_dice
 
 __all__ = [
@@ -10,4 +10,5 @@ __all__ = [
     "check_state_dict_fits",
     "load_weights",
     "per_class_dice",
+    "unwrap",
 ]

@@ -11,10 +11,11 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from common.data.atomic import atomic_target
 from common.errors import CheckpointMismatchError
 from common.settings import as_flag
 
-__all__ = ["ResumableCheckpoint", "WeightsLoader", "check_state_dict_fits", "load_weights"]
+__all__ = ["ResumableCheckpoint", "WeightsLoader", "check_state_dict_fits", "load_weights", "unwrap"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _describe(keys: list[str], limit: int = 3) -> str:
     return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper, or the module itself."""
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
@@ -61,7 +62,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, Mapping) and "model" in state_dict and isinstance(state_dict["model"], Mapping):
         state_dict = state_dict["model"]
-    module = _unwrap(network)
+    module = unwrap(network)
     check_state_dict_fits(module, state_dict, str(path))
     module.load_state_dict(state_dict)
     return network
@@ -124,7 +125,7 @@ class ResumableCheckpoint:
         configured_max_epochs = engine.state.max_epochs
         network = self.save_dict.get("network")
         if network is not None and "network" in checkpoint:
-            check_state_dict_fits(_unwrap(network), checkpoint["network"], str(self.path))
+            check_state_dict_fits(unwrap(network), checkpoint["network"], str(self.path))
         Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
         engine.state.max_epochs = configured_max_epochs
         logger.info("resumed from %s at epoch %d of %d", self.path, engine.state.epoch, configured_max_epochs)
@@ -134,8 +135,6 @@ class ResumableCheckpoint:
     def save(self, engine: Engine) -> None:
         if not _is_main_process():
             return
-        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, self.path)
+        state = {name: unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        with atomic_target(self.path) as temporary:
+            torch.save(state, temporary)

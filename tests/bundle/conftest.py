@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from common.data.synthetic_ct import generate_synthetic_ct
 
 REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 TINY_OVERRIDES = ["--patch_size", "[32,32,16]", "--num_workers", "0", "--batch_size", "1", "--patches_per_volume", "1"]
 
 
@@ -102,3 +104,16 @@ def missing_workflow_properties(name: str, workflow_type: str, config: str, data
     )
     workflow.initialize()
     return workflow.check_properties()
+
+
+def verify_metadata_and_network(bundle: Path) -> None:
+    """The Model Zoo's offline checks: metadata against the schema (md5-checked copy), network in/out contract."""
+    schema = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
+    run_cli(
+        "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMAS / schema),
+        "--hash_val", "662135097106b71067cd1fc657f8720f", cwd=bundle,
+    )  # fmt: skip
+    run_cli(
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.json", "--bundle_root", ".", "--device", "cpu", cwd=bundle,
+    )  # fmt: skip

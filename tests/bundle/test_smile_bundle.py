@@ -17,9 +17,9 @@ from tests.bundle.conftest import (
     copy_bundle,
     missing_workflow_properties,
     run_cli,
+    verify_metadata_and_network,
 )
 
-SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 CONFIGS = REPO / "bundles" / "smile" / "configs"
 
 
@@ -138,15 +138,7 @@ def test_baseline_overlay_trains_a_softmax_network(tiny_ct, tmp_path):
 
 def test_metadata_and_network_contract(tmp_path):
     bundle = copy_bundle("smile", tmp_path)
-    schema = json.loads((CONFIGS / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
-    run_cli(
-        "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMAS / schema),
-        "--hash_val", "662135097106b71067cd1fc657f8720f", cwd=bundle,
-    )  # fmt: skip
-    run_cli(
-        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-        "--config_file", "configs/inference.json", "--bundle_root", ".", "--device", "cpu", cwd=bundle,
-    )  # fmt: skip
+    verify_metadata_and_network(bundle)
 
 
 def test_torchscript_export_runs_without_this_package(trained, tmp_path):

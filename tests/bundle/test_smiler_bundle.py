@@ -21,9 +21,9 @@ from tests.bundle.conftest import (
     copy_bundle,
     missing_workflow_properties,
     run_cli,
+    verify_metadata_and_network,
 )
 
-SCHEMAS = REPO / "tests" / "schemas"
 TRAIN = ["run", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", "--bundle_root", "."]
 TWO_ROUNDS = ["--initial_epochs", "2", "--round_epochs", "1", "--num_rounds", "2", "--val_interval", "1"]
 ORGANS = ("liver", "pancreas", "stomach")
@@ -210,15 +210,7 @@ def test_evaluate_the_relabeled_model_on_the_test_split(relabeled, tiny_ct):
 
 def test_metadata_network_contract_and_torchscript(relabeled, tmp_path):
     bundle, _ = relabeled
-    schema = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
-    run_cli(
-        "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMAS / schema),
-        "--hash_val", "662135097106b71067cd1fc657f8720f", cwd=bundle,
-    )  # fmt: skip
-    run_cli(
-        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-        "--config_file", "configs/inference.json", "--bundle_root", ".", "--device", "cpu", cwd=bundle,
-    )  # fmt: skip
+    verify_metadata_and_network(bundle)
     assert check_torchscript_export(bundle, tmp_path) == "scripted output matches eager (1, 3, 32, 32, 16)"
 
 

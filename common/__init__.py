@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBPACKAGES = ("data", "engines", "handlers", "losses", "metrics", "networks", "transforms")
+_SUBPACKAGES = ("data", "engines", "handlers", "losses", "metrics", "networks", "propagation", "transforms")
 
 __all__ = list(_SUBPACKAGES)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from common.errors import InvalidInputError
 from common.transforms.partial_labels import annotation_indicator
 
-__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist"]
+__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist", "propagation_datalist"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -107,3 +107,30 @@ def inference_datalist(
     if not images:
         raise InvalidInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in input_dir")
     return [{"image": str(p)} for p in images]
+
+
+def propagation_datalist(
+    image: str | os.PathLike | None,
+    label: str | os.PathLike | None,
+    datalist: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    key: str = "test",
+) -> list[dict]:
+    """The (volume, one-slice annotation) pairs to propagate: ``image`` and ``label`` when given, else a datalist.
+
+    Returns:
+        ``[{"image": absolute path, "label": absolute path}, ...]``.
+
+    Raises:
+        InvalidInputError: only one of image/label given, or a file that does not exist.
+    """
+    if image is None and label is None:
+        return load_datalist(datalist, dataset_dir, key=key, require_label=True)
+    if image is None or label is None:
+        given, missing = ("image", "label") if label is None else ("label", "image")
+        raise InvalidInputError(f"{given} was given without {missing}: propagation needs a volume and its annotation")
+    entry = {"image": str(Path(image).absolute()), "label": str(Path(label).absolute())}
+    for field, path in entry.items():
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{path}: {field} file does not exist")
+    return [entry]

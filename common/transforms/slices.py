@@ -1,0 +1,126 @@
+"""Sli2Vol data: modality-aware intensity normalisation and random slice pairs for self-supervised training."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, ScaleIntensityRanged, ScaleIntensityRangePercentilesd
+
+from common.errors import InvalidInputError
+
+__all__ = ["CheckVolumed", "RandSlicePairsd", "modality_normalisation"]
+
+MODALITIES = ("CT", "MRI")
+
+
+def modality_normalisation(
+    keys: KeysCollection,
+    modality: str,
+    ct_window: Sequence[float] = (-300.0, 400.0),
+    mri_percentiles: Sequence[float] = (0.5, 99.5),
+) -> MapTransform:
+    """Intensities to [0, 255], the scale the edge profile expects: an HU window for CT, percentiles for MRI.
+
+    Args:
+        keys: the image keys.
+        modality: "CT" (HU window ``ct_window``) or "MRI" (the image's ``mri_percentiles``, which suits
+            z-score normalised or arbitrary-unit MRI).
+        ct_window: (lower, upper) HU, clipped.
+        mri_percentiles: (lower, upper) percentiles of each image, clipped.
+    """
+    if modality == "CT":
+        return ScaleIntensityRanged(keys, a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=255.0, clip=True)
+    if modality == "MRI":
+        lower, upper = mri_percentiles
+        return ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=255.0, clip=True)
+    raise InvalidInputError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+
+class CheckVolumed(MapTransform):
+    """Refuse anything but a single-channel 3D volume with more than one slice along every axis.
+
+    Expects channel-first data (``LoadImaged(ensure_channel_first=True)``); the error names the file.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        for key in self.key_iterator(data):
+            shape = tuple(data[key].shape)
+            spatial = shape[1:]
+            if len(spatial) != 3 or min(spatial) < 2:
+                raise InvalidInputError(f"{_source(data, key)}: expected a 3D volume, got spatial shape {spatial}")
+            if shape[0] != 1:
+                raise InvalidInputError(f"{_source(data, key)}: expected one channel, got {shape[0]}")
+        return dict(data)
+
+
+class RandSlicePairsd(Randomizable, MapTransform):
+    """Draw pairs of slices a few slices apart from a volume, in random order.
+
+    The volume ``(1, H, W, D)`` (channel first, slices along spatial ``axis``) becomes ``num_pairs`` samples
+    ``{"reference": (1, h, w), "target": (1, h, w)}`` where the target is 2, 3 or 4 slices (``gaps``) from the
+    reference, either side with equal probability. Other keys of the input are carried to every sample.
+
+    Args:
+        keys: the volume key (one).
+        axis: spatial axis along which slices are taken (0, 1 or 2).
+        gaps: the slice distances to draw from uniformly.
+        num_pairs: samples per volume.
+        reference_key, target_key: output keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        axis: int = 2,
+        gaps: Sequence[int] = (2, 3, 4),
+        num_pairs: int = 4,
+        reference_key: str = "reference",
+        target_key: str = "target",
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandSlicePairsd takes one volume key, got {self.keys}")
+        self.axis = axis
+        self.gaps = tuple(int(gap) for gap in gaps)
+        self.num_pairs = num_pairs
+        self.reference_key, self.target_key = reference_key, target_key
+
+    def randomize(self, depth: int) -> list[tuple[int, int]]:
+        usable = [gap for gap in self.gaps if gap < depth]
+        if not usable:
+            raise InvalidInputError(f"a volume of {depth} slices along axis {self.axis} has no pair {self.gaps} apart")
+        pairs = []
+        for _ in range(self.num_pairs):
+            gap = int(self.R.choice(usable))
+            first = int(self.R.randint(0, depth - gap))
+            pair = (first, first + gap)
+            pairs.append(pair if self.R.rand() < 0.5 else pair[::-1])
+        return pairs
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
+        key = self.keys[0]
+        volume = data[key]
+        if volume.ndim != 4:
+            raise InvalidInputError(f"{_source(data, key)}: expected a 3D volume, got shape {tuple(volume.shape[1:])}")
+        depth = volume.shape[1 + self.axis]
+        samples = []
+        for reference, target in self.randomize(depth):
+            sample = {k: v for k, v in data.items() if k != key}
+            sample[self.reference_key] = _slice(volume, self.axis, reference)
+            sample[self.target_key] = _slice(volume, self.axis, target)
+            samples.append(sample)
+        return samples
+
+
+def _slice(volume: torch.Tensor | np.ndarray, axis: int, index: int) -> torch.Tensor:
+    """(C, H, W, D) -> (C, h, w): the slice ``index`` along spatial ``axis``, as a plain contiguous tensor."""
+    plain = volume.as_tensor() if hasattr(volume, "as_tensor") else torch.as_tensor(volume)
+    return plain.select(1 + axis, index).contiguous()
+
+
+def _source(data: Mapping, key: Hashable) -> str:
+    meta = getattr(data[key], "meta", {})
+    return str(meta.get("filename_or_obj", key))

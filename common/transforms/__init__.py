@@ -12,13 +12,12 @@ from common.transforms.partial_labels import (
     SmileTarget,
     SmileTargetd,
 )
-from common.transforms.slices import CheckVolumed, RandSlicePairsd, modality_normalisation
+from common.transforms.slices import RandSlicePairsd, modality_normalisation
 from common.transforms.validation import CheckSegmentationInputd
 
 __all__ = [
     "AnnotatedClassesd",
     "CheckSegmentationInputd",
-    "CheckVolumed",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
     "MergePseudoLabelsd",

@@ -11,7 +11,7 @@ from monai.transforms import MapTransform, Randomizable, ScaleIntensityRanged, S
 
 from common.errors import InvalidInputError
 
-__all__ = ["CheckVolumed", "RandSlicePairsd", "modality_normalisation"]
+__all__ = ["RandSlicePairsd", "modality_normalisation"]
 
 MODALITIES = ("CT", "MRI")
 
@@ -39,29 +39,13 @@ def modality_normalisation(
     raise InvalidInputError(f"modality must be one of {MODALITIES}, got {modality!r}")
 
 
-class CheckVolumed(MapTransform):
-    """Refuse anything but a single-channel 3D volume with more than one slice along every axis.
-
-    Expects channel-first data (``LoadImaged(ensure_channel_first=True)``); the error names the file.
-    """
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        for key in self.key_iterator(data):
-            shape = tuple(data[key].shape)
-            spatial = shape[1:]
-            if len(spatial) != 3 or min(spatial) < 2:
-                raise InvalidInputError(f"{_source(data, key)}: expected a 3D volume, got spatial shape {spatial}")
-            if shape[0] != 1:
-                raise InvalidInputError(f"{_source(data, key)}: expected one channel, got {shape[0]}")
-        return dict(data)
-
-
 class RandSlicePairsd(Randomizable, MapTransform):
     """Draw pairs of slices a few slices apart from a volume, in random order.
 
     The volume ``(1, H, W, D)`` (channel first, slices along spatial ``axis``) becomes ``num_pairs`` samples
     ``{"reference": (1, h, w), "target": (1, h, w)}`` where the target is 2, 3 or 4 slices (``gaps``) from the
-    reference, either side with equal probability. Other keys of the input are carried to every sample.
+    reference, either side with equal probability. Samples hold only the two slices: the volume's other items
+    (file names, a label that self-supervised training does not use) are left behind.
 
     Args:
         keys: the volume key (one).
@@ -108,10 +92,12 @@ class RandSlicePairsd(Randomizable, MapTransform):
         depth = volume.shape[1 + self.axis]
         samples = []
         for reference, target in self.randomize(depth):
-            sample = {k: v for k, v in data.items() if k != key}
-            sample[self.reference_key] = _slice(volume, self.axis, reference)
-            sample[self.target_key] = _slice(volume, self.axis, target)
-            samples.append(sample)
+            samples.append(
+                {
+                    self.reference_key: _slice(volume, self.axis, reference),
+                    self.target_key: _slice(volume, self.axis, target),
+                }
+            )
         return samples
 
 

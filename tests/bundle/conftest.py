@@ -50,9 +50,12 @@ def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: b
     return result
 
 
-def check_torchscript_export(bundle: Path, tmp_path: Path) -> str:
+def check_torchscript_export(
+    bundle: Path, tmp_path: Path, sample_shape: tuple = (1, 1, 32, 32, 16), methods: tuple = ()
+) -> str:
     """Export ``models/model.pt`` with ``ckpt_export``, load it with ``torch.jit.load`` in a process where neither
-    ``common`` nor ``monai`` can be imported, and compare with the eager network; returns that process's report."""
+    ``common`` nor ``monai`` can be imported, and compare with the eager network on a ``sample_shape`` input; the
+    loaded model must also have the exported ``methods``. Returns that process's report."""
     exported = tmp_path / "model.ts"
     run_cli(
         "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
@@ -64,7 +67,7 @@ def check_torchscript_export(bundle: Path, tmp_path: Path) -> str:
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     network.eval()
-    sample = torch.rand(1, 1, 32, 32, 16)
+    sample = torch.rand(*sample_shape)
     with torch.no_grad():
         torch.save({"input": sample, "output": network(sample)}, tmp_path / "eager.pt")
     script = textwrap.dedent(
@@ -84,6 +87,8 @@ def check_torchscript_export(bundle: Path, tmp_path: Path) -> str:
         with torch.no_grad():
             output = model(eager["input"])
         torch.testing.assert_close(output, eager["output"], rtol=1e-4, atol=1e-5)
+        missing = [name for name in {list(methods)!r} if not hasattr(model, name)]
+        assert not missing, f"exported model lacks {{missing}}"
         print("scripted output matches eager", tuple(output.shape))
         """
     )

@@ -45,7 +45,7 @@ class SlicePropagator:
         verification: bool = True,
         ring_iterations: int = 5,
         clean: bool = True,
-        block_size: int = 16,
+        block_size: int = 4,
         reencode_each_step: bool = False,
     ) -> None:
         self.axis = axis
@@ -70,7 +70,7 @@ class SlicePropagator:
         """
         device = next(iter(model.parameters()), torch.empty(0)).device
         slices = image.float().movedim(self.axis, 0).unsqueeze(1).to(device)  # (D, 1, H, W)
-        seed_slice = seed.movedim(self.axis, 0)[seed_index].long().cpu()
+        seed_slice = seed.movedim(self.axis, 0)[seed_index].long().cpu().contiguous()
         label_values = torch.unique(seed_slice[seed_slice > 0])
         seed_classes = torch.bucketize(seed_slice, label_values, right=True) * (seed_slice > 0)  # 0..K
         intensities = slices[:, 0].cpu().numpy()

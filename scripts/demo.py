@@ -1,4 +1,4 @@
-"""`make demo`: generate sample CT, train SMILE briefly, evaluate, segment, export TorchScript, relabel (SMILEr).
+"""`make demo`: sample CT; train SMILE, evaluate, segment, export; relabel (SMILEr); propagate one slice (Sli2Vol).
 
 Every step is the real ``python -m monai.bundle`` command a user would type; each is printed before it runs and
 its log goes to ``work/demo/logs/``. Running the demo again reuses the data and resumes the finished training.
@@ -64,29 +64,29 @@ def main(argv: list[str] | None = None) -> None:
     patch = ["--patch_size", "[48,48,32]"]
 
     run_step(
-        "1/7 generate synthetic abdominal CT",
+        "1/8 generate synthetic abdominal CT",
         ["common.data.synthetic_ct", "--output_dir", str(work / "data"), "--num_cases", str(args.num_cases),
          "--shape", "80", "80", "32", "--spacing", "1.6", "1.6", "2.5"],
         logs / "generate.log",
     )  # fmt: skip
     run_step(
-        f"2/7 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
+        f"2/8 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
         bundle_args(["train.json"], work, "--output_dir", str(work / "train"), "--epochs", str(args.epochs),
                     "--val_interval", "10", "--missing_rate", str(args.missing_rate), *patch),
         logs / "train.log",
     )  # fmt: skip
     run_step(
-        "3/7 evaluate on the test split",
+        "3/8 evaluate on the test split",
         bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "evaluation"), *patch),
         logs / "evaluate.log",
     )
     run_step(
-        "4/7 segment the test images",
+        "4/8 segment the test images",
         bundle_args(["inference.json"], work, "--output_dir", str(work / "predictions"), *patch),
         logs / "inference.log",
     )
     run_step(
-        "5/7 export TorchScript",
+        "5/8 export TorchScript",
         ["monai.bundle", "ckpt_export", "network_def", "--filepath", str(work / "models" / "model.ts"),
          "--ckpt_file", str(work / "models" / "model.pt"), "--meta_file", str(BUNDLES / "smile/configs/metadata.json"),
          "--config_file", str(BUNDLES / "smile/configs/inference.json"), "--bundle_root", str(BUNDLES / "smile")],
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     smiler = {"bundle": "smiler", "models": "smiler_models"}
     run_step(
-        f"6/7 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
+        f"6/8 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
         bundle_args(["train.json"], work, "--output_dir", str(work / "smiler"), "--initial_ckpt",
                     str(work / "models" / "model.pt"), "--num_rounds", str(args.smiler_rounds), "--round_epochs",
                     str(args.round_epochs), "--val_interval", "10", "--missing_rate", str(args.missing_rate),
@@ -102,10 +102,17 @@ def main(argv: list[str] | None = None) -> None:
         logs / "smiler.log",
     )  # fmt: skip
     run_step(
-        "7/7 evaluate the SMILEr model on the test split",
+        "7/8 evaluate the SMILEr model on the test split",
         bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "smiler_evaluation"),
                     *patch, **smiler),
         logs / "smiler_evaluate.log",
+    )  # fmt: skip
+    run_step(
+        "8/8 Sli2Vol: propagate each test case's largest labelled slice through its volume (shipped weights)",
+        bundle_args(["evaluate.json"], work, "--output_dir", str(work / "sli2vol"), "--datalist_key", "test",
+                    "--num_classes", "3", "--modality", "CT", "--ct_window", "[-200,300]", "--save_predictions",
+                    "true", bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
+        logs / "sli2vol.log",
     )  # fmt: skip
 
     smile = read_metrics(work / "evaluation" / "metrics.csv")
@@ -120,12 +127,15 @@ def main(argv: list[str] | None = None) -> None:
         if row["precision"] or row["recall"]:
             precision, recall = _fraction(row["precision"]), _fraction(row["recall"])
             print(f"  round {row['round']} {row['class']:<9} {precision} / {recall}")
+    propagated = read_metrics(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
+    print(f"\nSli2Vol from one slice per test case (LA-MRI weights, no CT training): mean Dice {propagated:.3f}")
     print("\nOutputs")
     print(f"  weights      {work / 'models' / 'model.pt'}")
     print(f"  TorchScript  {work / 'models' / 'model.ts'}")
     print(f"  masks        {work / 'predictions'}  ({len(list((work / 'predictions').glob('*.nii.gz')))} NIfTI files)")
     print(f"  per-case     {work / 'evaluation' / 'val_mean_dice_raw.csv'}")
     print(f"  SMILEr       {work / 'smiler'}  (pseudo-labels and reports per round; weights in smiler_models/)")
+    print(f"  Sli2Vol      {work / 'sli2vol'}  (propagated masks, per-case Dice)")
     print(f"  TensorBoard  tensorboard --logdir {work / 'train'}")
     print("A short CPU run: train longer (--epochs) or on a GPU for accurate masks; see bundles/smile/docs/README.md")
     print("and bundles/smiler/docs/README.md.")

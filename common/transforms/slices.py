@@ -73,9 +73,8 @@ class RandSlicePairsd(Randomizable, MapTransform):
         self.reference_key, self.target_key = reference_key, target_key
 
     def randomize(self, depth: int) -> list[tuple[int, int]]:
+        """``num_pairs`` (reference, target) slice indices for a volume of ``depth`` slices."""
         usable = [gap for gap in self.gaps if gap < depth]
-        if not usable:
-            raise InvalidInputError(f"a volume of {depth} slices along axis {self.axis} has no pair {self.gaps} apart")
         pairs = []
         for _ in range(self.num_pairs):
             gap = int(self.R.choice(usable))
@@ -90,6 +89,11 @@ class RandSlicePairsd(Randomizable, MapTransform):
         if volume.ndim != 4:
             raise InvalidInputError(f"{_source(data, key)}: expected a 3D volume, got shape {tuple(volume.shape[1:])}")
         depth = volume.shape[1 + self.axis]
+        if depth <= min(self.gaps):
+            raise InvalidInputError(
+                f"{_source(data, key)}: {depth} slices along axis {self.axis}, "
+                f"too few for slice pairs {self.gaps} apart"
+            )
         samples = []
         for reference, target in self.randomize(depth):
             samples.append(

@@ -24,13 +24,20 @@ class CheckSegmentationInputd(Transform):
         spatial_dims: 3 for volumes.
         image_key: key of the image, shape (C, *spatial).
         label_key: key of the label, shape (1, *spatial); skipped when absent from the data.
+        num_channels: the image's required channel count; None accepts any.
     """
 
     def __init__(
-        self, num_classes: int | None = None, spatial_dims: int = 3, image_key: str = "image", label_key: str = "label"
+        self,
+        num_classes: int | None = None,
+        spatial_dims: int = 3,
+        image_key: str = "image",
+        label_key: str = "label",
+        num_channels: int | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
+        self.num_channels = num_channels
         self.image_key = image_key
         self.label_key = label_key
 
@@ -49,6 +56,8 @@ class CheckSegmentationInputd(Transform):
                 f"{name}: expected a {self.spatial_dims}D image, got spatial shape {spatial_shape}; "
                 f"this bundle segments {self.spatial_dims}D volumes"
             )
+        if self.num_channels is not None and image.shape[0] != self.num_channels:
+            raise InvalidInputError(f"{name}: expected {self.num_channels} image channel(s), got {image.shape[0]}")
         nan_count = int(torch.isnan(image).sum()) if image.is_floating_point() else 0
         if nan_count:
             raise InvalidInputError(f"{name}: the image holds {nan_count} NaN voxels; fix or mask them first")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.bundle.conftest import (
+    REPO,
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
@@ -136,3 +137,23 @@ def test_cli_evaluate_reports_dice_per_case(trained, tiny_ct):
     assert len(per_case) == 1 + 2  # header + the two validation cases
     dice = [float(value) for line in per_case[1:] for value in line.split(",")[1:] if value != "nan"]
     assert dice and all(0.0 <= value <= 1.0 for value in dice)
+
+
+LA_HEART = REPO / ".." / "shared" / "data" / "la_heart"
+SHIPPED = REPO / "bundles" / "sli2vol" / "models" / "model.pt"
+MIN_LA_DICE = 0.7  # measured with the shipped weights: see the bundle README
+LA_HELD_OUT = "06SR5RBREL16DQ6M8LWS"  # held out from the shipped weights' training (benchmark split, seed 0)
+
+
+@pytest.mark.skipif(not (LA_HEART / "datalist.json").is_file(), reason="the LA development MRI is not here")
+def test_shipped_weights_propagate_a_held_out_la_volume(tmp_path):
+    datalist = tmp_path / "one.json"
+    case = {"image": f"{LA_HELD_OUT}_image.nii.gz", "label": f"{LA_HELD_OUT}_label.nii.gz"}
+    datalist.write_text(json.dumps({"validation": [case]}))
+    bundle = REPO / "bundles" / "sli2vol"
+    run_cli(
+        "run", "--config_file", "configs/evaluate.json", "--bundle_root", ".", "--dataset_dir", str(LA_HEART),
+        "--datalist", str(datalist), "--ckpt_path", str(SHIPPED), "--output_dir", str(tmp_path / "eval"), cwd=bundle,
+    )  # fmt: skip
+    dice = float((tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()[1].split(",")[1])
+    assert dice > MIN_LA_DICE

@@ -141,7 +141,7 @@ def test_cli_evaluate_reports_dice_per_case(trained, tiny_ct):
 
 LA_HEART = REPO / ".." / "shared" / "data" / "la_heart"
 SHIPPED = REPO / "bundles" / "sli2vol" / "models" / "model.pt"
-MIN_LA_DICE = 0.6  # measured with the shipped weights: see the bundle README
+MIN_LA_DICE = 0.75  # this volume measured 0.819 with the shipped weights (bundle README benchmark)
 LA_HELD_OUT = "06SR5RBREL16DQ6M8LWS"  # held out from the shipped weights' training (benchmark split, seed 0)
 
 

@@ -10,6 +10,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from common.errors import InvalidInputError
+from common.transforms.partial_labels import case_path
 
 __all__ = [
     "AnnotatedSeedd",
@@ -127,8 +128,8 @@ class AnnotatedSeedd(MapTransform):
         result = dict(data)
         for key in self.key_iterator(result):
             label, image = result[key], result[self.image_key]
-            check_same_geometry(image, label, _source(image, self.image_key), _source(label, key))
-            index = seed_slice_index(label[0], self.axis, self.seed_slice, _source(label, key))
+            check_same_geometry(image, label, case_path(result, self.image_key), case_path(result, key))
+            index = seed_slice_index(label[0], self.axis, self.seed_slice, case_path(result, key))
             result[key] = keep_slice(label, self.axis, index)
             result[self.index_key] = index
         return result
@@ -153,7 +154,7 @@ class LargestSliceSeedd(MapTransform):
         for key in self.key_iterator(result):
             label = result[key]
             if not bool((label > 0).any()):
-                raise InvalidInputError(f"{_source(label, key)}: the ground truth has no labelled voxel")
+                raise InvalidInputError(f"{case_path(result, key)}: the ground truth has no labelled voxel")
             index = largest_area_slice(label[0], self.axis)
             result[self.seed_key] = keep_slice(label, self.axis, index)
             result[self.index_key] = index
@@ -167,10 +168,6 @@ def keep_slice(label: torch.Tensor, axis: int, index: int) -> torch.Tensor:
     selector[1 + axis] = index
     kept[tuple(selector)] = label[tuple(selector)]
     return kept
-
-
-def _source(tensor: torch.Tensor, key: Hashable) -> str:
-    return str(getattr(tensor, "meta", {}).get("filename_or_obj", key))
 
 
 def _short_list(indices: list[int], limit: int = 12) -> str:

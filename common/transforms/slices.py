@@ -10,6 +10,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, ScaleIntensityRanged, ScaleIntensityRangePercentilesd
 
 from common.errors import InvalidInputError
+from common.transforms.partial_labels import case_path
 
 __all__ = ["RandSlicePairsd", "modality_normalisation"]
 
@@ -85,14 +86,13 @@ class RandSlicePairsd(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict]:
         key = self.keys[0]
-        volume = data[key]
+        volume, source = data[key], case_path(data, key)
         if volume.ndim != 4:
-            raise InvalidInputError(f"{_source(data, key)}: expected a 3D volume, got shape {tuple(volume.shape[1:])}")
+            raise InvalidInputError(f"{source}: expected a 3D volume, got shape {tuple(volume.shape[1:])}")
         depth = volume.shape[1 + self.axis]
         if depth <= min(self.gaps):
             raise InvalidInputError(
-                f"{_source(data, key)}: {depth} slices along axis {self.axis}, "
-                f"too few for slice pairs {self.gaps} apart"
+                f"{source}: {depth} slices along axis {self.axis}, too few for slice pairs {self.gaps} apart"
             )
         samples = []
         for reference, target in self.randomize(depth):
@@ -109,8 +109,3 @@ def _slice(volume: torch.Tensor | np.ndarray, axis: int, index: int) -> torch.Te
     """(C, H, W, D) -> (C, h, w): the slice ``index`` along spatial ``axis``, as a plain contiguous tensor."""
     plain = volume.as_tensor() if hasattr(volume, "as_tensor") else torch.as_tensor(volume)
     return plain.select(1 + axis, index).contiguous()
-
-
-def _source(data: Mapping, key: Hashable) -> str:
-    meta = getattr(data[key], "meta", {})
-    return str(meta.get("filename_or_obj", key))

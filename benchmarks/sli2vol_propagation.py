@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import LoadImaged
 
 from common.data.datalist import load_datalist
 from common.data.json_io import write_json
-from common.propagation import SlicePropagator, keep_slice, largest_area_slice
+from common.handlers.checkpoint import load_weights
+from common.propagation import SlicePropagator, annotated_slices
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "sli2vol"
@@ -95,28 +95,29 @@ def evaluate(method: str, args: argparse.Namespace) -> list[float]:
 
 
 def measure_speed(args: argparse.Namespace) -> dict:
-    """Seconds per volume and propagated slices per second: batched single encoding vs re-encoding every step."""
+    """Seconds per volume and propagated slices per second: batched single encoding vs re-encoding every step.
+
+    The volumes go through evaluate.json's own preprocessing (checks, largest-slice seed, normalisation).
+    """
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"modality": args.modality})
+    parser.read_config(str(BUNDLE / "configs" / "evaluate.json"))
+    parser.update({"modality": args.modality, "device": torch.device("cpu")})
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(args.ckpt_path, map_location="cpu", weights_only=True))
+    load_weights(network, args.ckpt_path)
     network.eval()
-    normalise = parser.get_parsed_content("normalisation")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    axis = parser.get_parsed_content("axis")
     cases = load_datalist(args.datalist, args.dataset_dir, args.datalist_key)[: args.speed_volumes]
     timings = {"batched": [0.0, 0], "reencode_each_step": [0.0, 0]}
     for case in cases:
-        data = LoadImaged(["image", "label"], ensure_channel_first=True)(case)
-        image = normalise(data)["image"][0].as_tensor()
-        label = (data["label"][0] > 0).long().as_tensor()
-        index = largest_area_slice(label, 2)
-        seed = keep_slice(label[None], 2, index)[0]
+        data = preprocessing(case)
+        image, seed, index = data["image"][0].as_tensor(), data["seed"][0].as_tensor(), data["seed_index"]
         masks = {}
         for mode, reencode in (("batched", False), ("reencode_each_step", True)):
             started = time.perf_counter()
-            masks[mode] = SlicePropagator(reencode_each_step=reencode)(network, image, seed, index)
+            masks[mode] = SlicePropagator(axis=axis, reencode_each_step=reencode)(network, image, seed, index)
             timings[mode][0] += time.perf_counter() - started
-            timings[mode][1] += int((masks[mode].movedim(2, 0).flatten(1).any(1)).sum()) - 1
+            timings[mode][1] += len(annotated_slices(masks[mode], axis)) - 1
         if not torch.equal(masks["batched"], masks["reencode_each_step"]):
             raise RuntimeError(f"{case['image']}: batched and per-step encoding disagree")
     return {

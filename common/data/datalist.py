@@ -91,8 +91,11 @@ def inference_datalist(
     datalist: str | os.PathLike | None = None,
     key: str = "test",
     input_dir: str | os.PathLike | None = None,
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
 ) -> list[dict]:
     """The images to segment: every image file in ``input_dir`` when given, else the datalist's ``key`` section.
+
+    Files in ``input_dir`` are images when their lower-cased name ends with one of ``suffixes``.
 
     Returns:
         ``[{"image": absolute path}, ...]``.
@@ -103,9 +106,9 @@ def inference_datalist(
     folder = Path(input_dir)
     if not folder.is_dir():
         raise InvalidInputError(f"{folder}: input_dir is not a folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
     if not images:
-        raise InvalidInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in input_dir")
+        raise InvalidInputError(f"{folder}: no image files ({', '.join(suffixes)}) in input_dir")
     return [{"image": str(p)} for p in images]
 
 

@@ -16,7 +16,7 @@ __all__ = ["CheckSegmentationInputd"]
 class CheckSegmentationInputd(Transform):
     """Validate a loaded, channel-first image (and label, when present) before any resampling.
 
-    Checks that the image has ``spatial_dims`` spatial dimensions, each longer than one voxel, and no NaN;
+    Checks that the image has ``spatial_dims`` spatial dimensions, each at least ``min_size`` voxels, and no NaN;
     that the label has the image's spatial shape; and that label values are integers in 0..``num_classes``.
 
     Args:
@@ -25,6 +25,7 @@ class CheckSegmentationInputd(Transform):
         image_key: key of the image, shape (C, *spatial).
         label_key: key of the label, shape (1, *spatial); skipped when absent from the data.
         num_channels: the image's required channel count; None accepts any.
+        min_size: the smallest accepted length of each spatial dimension.
     """
 
     def __init__(
@@ -34,10 +35,12 @@ class CheckSegmentationInputd(Transform):
         image_key: str = "image",
         label_key: str = "label",
         num_channels: int | None = None,
+        min_size: int = 2,
     ) -> None:
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         self.num_channels = num_channels
+        self.min_size = min_size
         self.image_key = image_key
         self.label_key = label_key
 
@@ -54,7 +57,12 @@ class CheckSegmentationInputd(Transform):
         if len(spatial_shape) != self.spatial_dims or min(spatial_shape) < 2:
             raise InvalidInputError(
                 f"{name}: expected a {self.spatial_dims}D image, got spatial shape {spatial_shape}; "
-                f"this bundle segments {self.spatial_dims}D volumes"
+                f"this bundle segments {self.spatial_dims}D {'volumes' if self.spatial_dims == 3 else 'images'}"
+            )
+        if min(spatial_shape) < self.min_size:
+            raise InvalidInputError(
+                f"{name}: the image is {'×'.join(map(str, spatial_shape))} pixels, smaller than the "
+                f"{self.min_size} pixels per side this network needs"
             )
         if self.num_channels is not None and image.shape[0] != self.num_channels:
             raise InvalidInputError(f"{name}: expected {self.num_channels} image channel(s), got {image.shape[0]}")

@@ -48,3 +48,15 @@ def test_label_values_outside_classes(value, shown):
         rf"found {shown}",
     ):
         CheckSegmentationInputd(num_classes=3)(_item(torch.zeros(1, 4, 4, 4), label))
+
+
+def test_image_smaller_than_the_network_minimum_is_rejected():
+    check = CheckSegmentationInputd(spatial_dims=2, min_size=64)
+    assert check(_item(torch.zeros(1, 64, 80)))
+    with pytest.raises(InvalidInputError, match=r"ct_01\.nii\.gz: the image is 64×32 pixels, smaller than the 64"):
+        check(_item(torch.zeros(1, 64, 32)))
+
+
+def test_volume_given_to_a_2d_check_is_rejected():
+    with pytest.raises(InvalidInputError, match=r"expected a 2D image, got spatial shape \(8, 8, 4\).*2D images"):
+        CheckSegmentationInputd(spatial_dims=2)(_item(torch.zeros(1, 8, 8, 4)))

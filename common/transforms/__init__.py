@@ -14,9 +14,12 @@ from common.transforms.partial_labels import (
 )
 from common.transforms.slices import RandSlicePairsd, modality_normalisation
 from common.transforms.validation import CheckSegmentationInputd
+from common.transforms.xray_postprocessing import BoneOpening, BoneOpeningd, SoftTissueThreshold, SoftTissueThresholdd
 
 __all__ = [
     "AnnotatedClassesd",
+    "BoneOpening",
+    "BoneOpeningd",
     "CheckSegmentationInputd",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
@@ -28,5 +31,7 @@ __all__ = [
     "SimulateMissingAnnotationsd",
     "SmileTarget",
     "SmileTargetd",
+    "SoftTissueThreshold",
+    "SoftTissueThresholdd",
     "modality_normalisation",
 ]

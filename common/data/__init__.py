@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES = ("datalist", "json_io", "partial_datalist", "synthetic_ct", "writers")
+_MODULES = ("datalist", "json_io", "partial_datalist", "radiograph_io", "synthetic_ct", "synthetic_xray", "writers")
 
 __all__ = list(_MODULES)
 

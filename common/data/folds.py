@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from collections.abc import Sequence
-
-from monai.data import partition_dataset_classes
 
 from common.data.datalist import load_datalist
 from common.errors import InvalidInputError
 
-__all__ = ["balanced_sample_weights", "training_split"]
+__all__ = ["balanced_sample_weights", "stratified_folds", "training_split"]
 
 
 def training_split(
@@ -49,12 +48,32 @@ def training_split(
     cases = training + validation
     if len(cases) < num_folds:
         raise InvalidInputError(f"{datalist}: {len(cases)} training and validation cases cannot make {num_folds} folds")
-    groups = [str(case.get(group_key, "")) for case in cases]
-    folds = partition_dataset_classes(cases, groups, num_partitions=num_folds, shuffle=True, seed=seed)
+    folds = stratified_folds(cases, num_folds, seed, group_key)
     return {
         "training": [case for index, part in enumerate(folds) if index != fold for case in part],
         "validation": folds[fold],
     }
+
+
+def stratified_folds(cases: Sequence[dict], num_folds: int, seed: int = 0, group_key: str = "body_part") -> list[list]:
+    """``cases`` dealt into ``num_folds`` folds: shuffled within each group, then dealt round-robin, group after group.
+
+    Every group is spread as evenly as its count allows (a group smaller than K lands in different folds), and the
+    fold sizes differ by at most one.
+    """
+    rng = random.Random(seed)
+    by_group: dict[str, list[dict]] = {}
+    for case in cases:
+        by_group.setdefault(str(case.get(group_key, "")), []).append(case)
+    folds: list[list] = [[] for _ in range(num_folds)]
+    position = 0
+    for group in sorted(by_group):
+        members = by_group[group]
+        rng.shuffle(members)
+        for case in members:
+            folds[position % num_folds].append(case)
+            position += 1
+    return folds
 
 
 def balanced_sample_weights(cases: Sequence[dict], group_key: str = "body_part") -> list[float]:

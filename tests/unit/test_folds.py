@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from common.data.folds import balanced_sample_weights, training_split
+from common.data.folds import balanced_sample_weights, stratified_folds, training_split
 from common.errors import InvalidInputError
 
 
@@ -49,3 +49,12 @@ def test_balanced_weights_draw_each_body_part_equally():
     cases = [{"body_part": "hand"}] * 4 + [{"body_part": "knee"}] + [{}]
     weights = balanced_sample_weights(cases)
     assert weights == [0.25] * 4 + [1.0, 1.0]
+
+
+def test_groups_smaller_than_the_fold_count_are_spread_and_sizes_stay_even():
+    cases = [{"id": i, "body_part": part} for i, part in enumerate("aaabbcdee")]
+    folds = stratified_folds(cases, num_folds=4, seed=0)
+    assert sorted(len(fold) for fold in folds) == [2, 2, 2, 3]
+    assert sorted(case["id"] for fold in folds for case in fold) == list(range(9))
+    for part in "abe":  # 3, 2 and 2 cases: never twice in one fold
+        assert all(sum(case["body_part"] == part for case in fold) <= 1 for fold in folds)

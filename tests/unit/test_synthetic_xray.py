@@ -1,0 +1,159 @@
+"""Tests of the synthetic radiograph generator (common.data.synthetic_xray), on tiny images."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from common.data.radiograph_io import read_radiograph
+from common.data.synthetic_xray import (
+    BITS_STORED,
+    BODY_PART_FREQUENCIES,
+    CLASS_NAMES,
+    generate_radiograph,
+    main,
+    sample_body_part,
+    write_xray_dataset,
+)
+
+SIZE = (48, 64)
+SPLITS = {"training": 8, "validation": 2, "test": 3}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dataset.json of a dataset of 13 tiny cases, seed 0."""
+    output_dir = tmp_path_factory.mktemp("xray")
+    return write_xray_dataset(output_dir, SPLITS["training"], SPLITS["validation"], SPLITS["test"], SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def entries(dataset: Path) -> list[dict]:
+    content = json.loads(dataset.read_text())
+    return [entry for split in SPLITS for entry in content[split]]
+
+
+@pytest.mark.parametrize("body_part", sorted(BODY_PART_FREQUENCIES))
+def test_labels_follow_the_geometry(body_part):
+    for seed in range(3):
+        sample = generate_radiograph(np.random.default_rng(seed), SIZE, body_part)
+        label, transmission = sample.label, sample.transmission
+        assert label.shape == transmission.shape == sample.image.shape == SIZE
+        assert label.dtype == np.uint8 and set(np.unique(label).tolist()) <= set(CLASS_NAMES)
+        assert (label == 1).any() and (label == 2).any(), f"{body_part}, seed {seed}"
+        # Open beam exactly where the ray crosses nothing; bone attenuates more than soft tissue on average.
+        assert np.all(transmission[label == 0] == 1.0) and np.all(transmission[label > 0] < 1.0)
+        assert transmission[label == 2].mean() < transmission[label == 1].mean()
+
+
+def test_image_is_a_quantised_detector_image():
+    compared = 0
+    for seed in range(6):
+        sample = generate_radiograph(np.random.default_rng(seed), SIZE)
+        image = sample.image
+        assert image.dtype == np.float32 and sample.bits_stored in BITS_STORED
+        assert image.min() >= 0 and image.max() <= 2**sample.bits_stored - 1 and np.array_equal(image, np.rint(image))
+        assert sample.pixel_spacing[0] == sample.pixel_spacing[1] > 0
+        exposed_open_beam, exposed_bone = sample.exposed & (sample.label == 0), sample.exposed & (sample.label == 2)
+        if exposed_open_beam.any() and exposed_bone.any():
+            assert image[exposed_bone].mean() < image[exposed_open_beam].mean()
+            compared += 1
+    assert compared >= 3
+
+
+def test_same_seed_same_sample():
+    first, again = (generate_radiograph(np.random.default_rng(5), SIZE) for _ in range(2))
+    other = generate_radiograph(np.random.default_rng(6), SIZE)
+    for name in ("image", "label", "transmission", "exposed"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert (first.body_part, first.pixel_spacing, first.bits_stored) == (
+        again.body_part,
+        again.pixel_spacing,
+        again.bits_stored,
+    )
+    assert not np.array_equal(first.image, other.image)
+
+
+def test_body_parts_are_drawn_with_unequal_frequencies():
+    rng = np.random.default_rng(0)
+    counts = Counter(sample_body_part(rng) for _ in range(4000))
+    assert set(counts) == set(BODY_PART_FREQUENCIES) and len(counts) >= 4
+    for name, frequency in BODY_PART_FREQUENCIES.items():
+        assert abs(counts[name] / 4000 - frequency) < 0.03, name
+    assert max(counts.values()) > 2.5 * min(counts.values())
+
+
+def test_collimated_object_keeps_its_label():
+    samples = [generate_radiograph(np.random.default_rng(seed), (32, 32)) for seed in range(30)]
+    collimated = [sample for sample in samples if not sample.exposed.all()]
+    assert collimated and len(collimated) < len(samples)
+    # Under the blades the labels still describe the object: soft tissue or bone where there is one.
+    under_blades = [sample.label[~sample.exposed] for sample in collimated]
+    assert any((labels > 0).any() for labels in under_blades)
+    assert any((labels == 0).any() for labels in under_blades)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="body_part"):
+        generate_radiograph(np.random.default_rng(0), SIZE, "skull")
+    with pytest.raises(ValueError, match="size"):
+        generate_radiograph(np.random.default_rng(0), (8, 64))
+    with pytest.raises(ValueError, match="num_training"):
+        write_xray_dataset("unused", 0, 1, 1)
+
+
+def test_dataset_datalist_and_files(dataset, entries):
+    content = json.loads(dataset.read_text())
+    assert {split: len(content[split]) for split in SPLITS} == SPLITS
+    assert content["labels"] == {"0": "open_beam", "1": "soft_tissue", "2": "bone"}
+    assert len({entry["body_part"] for entry in entries}) >= 3
+    for index, entry in enumerate(entries):
+        assert entry["image"] == f"images/xr_{index:03d}.dcm" and entry["label"] == f"labels/xr_{index:03d}.png"
+        label = np.asarray(Image.open(dataset.parent / entry["label"]))
+        assert label.dtype == np.uint8 and label.shape == SIZE and set(np.unique(label).tolist()) <= {0, 1, 2}
+        assert read_radiograph(dataset.parent / entry["image"]).array.shape == SIZE
+        assert (dataset.parent / "images_png" / f"xr_{index:03d}.png").is_file()
+
+
+def test_dataset_dicom_encodings_vary_and_decode_to_the_detector_image(dataset, entries):
+    headers = [pydicom.dcmread(dataset.parent / entry["image"]) for entry in entries]
+    assert {header.PhotometricInterpretation for header in headers} == {"MONOCHROME1", "MONOCHROME2"}
+    assert len({header.BitsStored for header in headers}) >= 2
+    assert any("RescaleSlope" in header for header in headers) and any("WindowCenter" in header for header in headers)
+    for index, (entry, header) in enumerate(zip(entries, headers, strict=True)):
+        sample = generate_radiograph(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(index,))), SIZE)
+        assert entry["body_part"] == sample.body_part
+        np.testing.assert_array_equal(np.asarray(Image.open(dataset.parent / entry["label"])), sample.label)
+        png = np.asarray(Image.open(dataset.parent / "images_png" / f"xr_{index:03d}.png")).astype(np.int64)
+        np.testing.assert_array_equal(png >> (16 - sample.bits_stored), sample.image)
+        slope, intercept = float(header.get("RescaleSlope", 1.0)), float(header.get("RescaleIntercept", 0.0))
+        decoded = read_radiograph(dataset.parent / entry["image"], apply_voi=False)
+        np.testing.assert_allclose(decoded.array, slope * sample.image + intercept, rtol=1e-6)
+        np.testing.assert_allclose(decoded.affine[[0, 1], [0, 1]], sample.pixel_spacing, rtol=1e-6)
+
+
+def test_windowed_files_show_the_object_in_the_window(dataset, entries):
+    windowed = [entry for entry in entries if "WindowCenter" in pydicom.dcmread(dataset.parent / entry["image"])]
+    assert windowed
+    for entry in windowed:
+        pixels = read_radiograph(dataset.parent / entry["image"]).array
+        label = np.asarray(Image.open(dataset.parent / entry["label"]))
+        # Open beam is displayed bright for MONOCHROME1 and MONOCHROME2 files alike.
+        if (label == 0).any() and (label == 2).any():
+            assert pixels[label == 0].mean() > pixels[label == 2].mean()
+
+
+def test_command_line(tmp_path, capsys):
+    arguments = ["--output_dir", str(tmp_path), "--num_training", "1", "--num_validation", "0", "--num_test", "1"]
+    main([*arguments, "--size", "32", "40", "--seed", "3"])
+    datalist = tmp_path / "dataset.json"
+    assert str(datalist) in capsys.readouterr().out
+    content = json.loads(datalist.read_text())
+    assert len(content["training"]) == 1 and content["validation"] == [] and len(content["test"]) == 1
+    assert read_radiograph(tmp_path / content["test"][0]["image"]).array.shape == (32, 40)

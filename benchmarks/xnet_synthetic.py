@@ -1,0 +1,180 @@
+"""XNet on generated radiographs: held-out accuracy, F1, AUC and calibration before/after post-processing, and
+CPU latency on a 2000×2000 radiograph.
+
+Subcommands, each through the bundle's own configs:
+
+- ``data``: writes the generated dataset (DICOM CR images, PNG labels, ``dataset.json`` with a held-out "test"
+  section that training never sees: early stopping uses "validation" only).
+- ``train``: trains a copy of the bundle with the real ``monai.bundle`` CLI (resumable: run it again after an
+  interruption); ``--ship`` then copies the best weights into ``bundles/xnet/models/model.pt``.
+- ``evaluate``: runs ``configs/evaluate.json`` on the "test" section once per post-processing variant (none,
+  soft-tissue threshold only, bone opening only, both) and prints one table; writes ``results.{md,json}``.
+- ``latency``: seconds per 2000×2000 DICOM radiograph through ``configs/inference.json`` (read, resize,
+  network, probabilities back to 2000×2000, post-processing, NIfTI written) on the CPU, and the network alone.
+
+Example (the bundle README's numbers)::
+
+    python benchmarks/xnet_synthetic.py data --output_dir work/xray
+    python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 60 --ship
+    python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet
+    python benchmarks/xnet_synthetic.py latency --run_dir work/bench_xnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigWorkflow
+
+from common.data.json_io import write_json
+from common.data.radiograph_io import write_dicom_cr
+from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "xnet"
+CLASS_NAMES = ("open_beam", "soft_tissue", "bone")
+VARIANTS = {
+    "none": ["--soft_tissue_threshold", "None", "--bone_opening_size", "0"],
+    "threshold": ["--bone_opening_size", "0"],
+    "opening": ["--soft_tissue_threshold", "None"],
+    "both": [],
+}
+
+
+def bundle_copy(run_dir: Path) -> Path:
+    """The bundle's configs copied into ``run_dir/bundle`` (kept between calls, so training resumes there)."""
+    bundle = run_dir / "bundle"
+    if not bundle.exists():
+        shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models"))
+    (bundle / "models").mkdir(exist_ok=True)
+    return bundle
+
+
+def cli(bundle: Path, config: str, *overrides: str) -> None:
+    """``python -m monai.bundle run`` with ``config`` (a file name or a list of them) in ``bundle``."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config,
+               "--meta_file", "configs/metadata.json", "--bundle_root", ".", *overrides]  # fmt: skip
+    subprocess.run(command, cwd=bundle, check=True)
+
+
+def train(args: argparse.Namespace) -> None:
+    bundle = bundle_copy(args.run_dir)
+    start = time.perf_counter()
+    cli(bundle, "configs/train.json", "--dataset_dir", str(args.dataset_dir.resolve()), "--epochs", str(args.epochs),
+        "--output_dir", str((args.run_dir / "train").resolve()))  # fmt: skip
+    print(f"training took {(time.perf_counter() - start) / 60:.1f} min in this call")
+    if args.ship:
+        weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+        shipped = {name: value.half() if value.is_floating_point() else value for name, value in weights.items()}
+        torch.save(shipped, BUNDLE / "models" / "model.pt")
+        print(f"shipped {BUNDLE / 'models' / 'model.pt'} (float16)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    bundle = bundle_copy(args.run_dir)
+    weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
+    results = {}
+    for variant, overrides in VARIANTS.items():
+        output_dir = (args.run_dir / "evaluate" / variant).resolve()
+        cli(bundle, "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
+            "--ckpt_path", str(weights), "--output_dir", str(output_dir), *overrides)  # fmt: skip
+        results[variant] = json.loads((output_dir / "metrics.json").read_text())
+    table = report(results)
+    print(table)
+    write_json(results, args.run_dir / "results.json")
+    (args.run_dir / "results.md").write_text(table + "\n")
+
+
+def report(results: dict) -> str:
+    """One Markdown row per post-processing variant: accuracy, F1 per class and macro, soft-tissue AUC, ECE."""
+    header = "| post-processing | accuracy | F1 open beam | F1 soft tissue | F1 bone | macro F1 | AUC (macro) | ECE |"
+    rows = [header, "|" + " --- |" * 8]
+    for variant, metrics in results.items():
+        scores, probabilities = metrics["predictions"]["postprocessed"], metrics["probabilities"]
+        f1 = [scores["f1_per_class"][name] for name in CLASS_NAMES]
+        rows.append(
+            f"| {variant} | {scores['accuracy']:.3f} | " + " | ".join(f"{v:.3f}" for v in f1)
+            + f" | {scores['f1_macro']:.3f} | {probabilities['auc_macro']:.3f} | {probabilities['ece']:.4f} |"
+        )  # fmt: skip
+    return "\n".join(rows)
+
+
+def latency(args: argparse.Namespace) -> None:
+    """Seconds per 2000×2000 radiograph through inference.json, and for the network alone, on the CPU."""
+    torch.set_num_threads(args.threads)
+    folder = (args.run_dir / "latency").resolve()
+    sample = generate_radiograph(np.random.default_rng(0), size=(args.size, args.size))
+    pixels = np.round(sample.image / sample.image.max() * 4095).astype(np.uint16)
+    inputs = folder / "inputs"
+    for index in range(args.repeats):
+        write_dicom_cr(inputs / f"xr_{index}.dcm", pixels, bits_stored=12, pixel_spacing=sample.pixel_spacing)
+    bundle = bundle_copy(args.run_dir)
+    weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
+    workflow = ConfigWorkflow(
+        workflow_type="infer", config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle),
+        input_dir=str(inputs), output_dir=str(folder / "outputs"), ckpt_path=str(weights), device="cpu",
+    )  # fmt: skip
+    workflow.initialize()
+    start = time.perf_counter()
+    workflow.run()
+    per_image = (time.perf_counter() - start) / args.repeats
+    network = workflow.parser.get_parsed_content("network").eval()
+    size = workflow.parser.get_parsed_content("input_size")
+    batch = torch.rand(1, 1, *size)
+    with torch.no_grad():
+        network(batch)
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            network(batch)
+    network_only = (time.perf_counter() - start) / args.repeats
+    result = {"size": args.size, "threads": args.threads, "images": args.repeats,
+              "seconds_per_image": per_image, "network_seconds": network_only}  # fmt: skip
+    write_json(result, args.run_dir / "latency.json")
+    print(
+        f"{args.size}×{args.size} DICOM, {args.threads} CPU threads: {per_image:.2f} s per radiograph end to end "
+        f"(mean of {args.repeats}), of which the network at {size[0]}×{size[1]}: {network_only:.3f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="write the generated dataset")
+    data.add_argument("--output_dir", type=Path, required=True)
+    data.add_argument("--num_training", type=int, default=100)
+    data.add_argument("--num_validation", type=int, default=20)
+    data.add_argument("--num_test", type=int, default=30)
+    data.add_argument("--size", type=int, nargs=2, default=(256, 256))
+    data.add_argument("--seed", type=int, default=0)
+    for name, function in (("train", train), ("evaluate", evaluate), ("latency", latency)):
+        command = commands.add_parser(name)
+        command.set_defaults(function=function)
+        command.add_argument("--run_dir", type=Path, required=True)
+        if name != "latency":
+            command.add_argument("--dataset_dir", type=Path, required=True)
+        if name != "train":
+            command.add_argument("--weights", type=Path, help="model.pt to use (default: the run's own)")
+    commands.choices["train"].add_argument("--epochs", type=int, default=60)
+    commands.choices["train"].add_argument("--ship", action="store_true", help="copy the weights into the bundle")
+    commands.choices["latency"].add_argument("--size", type=int, default=2000)
+    commands.choices["latency"].add_argument("--repeats", type=int, default=5)
+    commands.choices["latency"].add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        path = write_xray_dataset(args.output_dir, args.num_training, args.num_validation, args.num_test,
+                                  size=tuple(args.size), seed=args.seed)  # fmt: skip
+        print(f"wrote {path}")
+    else:
+        args.function(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The XNet bundle run for real: training, evaluation and inference on DICOM/PNG/NIfTI through the CLI, export,
+torchrun, and the shipped weights on freshly generated radiographs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.data.radiograph_io import read_radiograph, write_dicom_cr, write_png
+from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
+from tests.bundle.conftest import (
+    REPO,
+    check_torchscript_export,
+    copy_bundle,
+    missing_workflow_properties,
+    run_cli,
+    verify_metadata_and_network,
+)
+
+TINY = ["--input_size", "[32,32]", "--min_image_size", "32", "--num_workers", "0", "--batch_size", "2"]
+TINY_WIDTHS = [4, 8, 8, 16]
+MIN_SHIPPED_F1 = 0.90
+
+
+def with_tiny_network(bundle: Path) -> Path:
+    """Shrink the network of a bundle copy (same architecture, widths 4-16)."""
+    for config in ("train.json", "inference.json"):
+        path = bundle / "configs" / config
+        parsed = json.loads(path.read_text())
+        parsed["network_def"]["channels"] = TINY_WIDTHS
+        path.write_text(json.dumps(parsed, indent=4))
+    return bundle
+
+
+def train_cli(bundle: Path, dataset: Path, *overrides: str, config: str = "configs/train.json", launcher=()):
+    return run_cli(
+        *(() if launcher else ("run",)), *(("-m", "monai.bundle", "run") if launcher else ()),
+        "--config_file", config, "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
+        "--bundle_root", ".", "--dataset_dir", str(dataset), *TINY, *overrides, cwd=bundle, launcher=launcher,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_xray(tmp_path_factory) -> Path:
+    """Ten generated 72×64 radiographs as DICOM CR (6 training, 2 validation, 2 test)."""
+    folder = tmp_path_factory.mktemp("tiny_xray")
+    write_xray_dataset(folder, num_training=6, num_validation=2, num_test=2, size=(72, 64), seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_xray):
+    """A copy of the bundle (tiny network) trained for two epochs through the CLI."""
+    bundle = with_tiny_network(copy_bundle("xnet", tmp_path_factory.mktemp("xnet")))
+    return bundle, train_cli(bundle, tiny_xray, "--epochs", "2")
+
+
+@pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.json"), ("infer", "inference.json")])
+def test_workflow_properties_are_complete(workflow_type, config, tiny_xray, tmp_path):
+    assert not missing_workflow_properties("xnet", workflow_type, config, tiny_xray, tmp_path)
+
+
+def test_cli_training_validates_every_epoch_and_keeps_the_best_weights(trained):
+    bundle, result = trained
+    log = result.stdout + result.stderr
+    assert log.count("val_mean_dice") >= 2
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert weights["encoder1.0.weight"].shape == (4, 1, 3, 3) and weights["head.weight"].shape[0] == 3
+    state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 * 3 and {"network", "optimizer"} <= set(state)  # 6 cases, batches of 2
+
+
+def test_cli_training_resumes(trained, tiny_xray):
+    bundle, _ = trained
+    train_cli(bundle, tiny_xray, "--epochs", "3")
+    state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 3 * 3
+
+
+def test_early_stopping_ends_training_without_improvement(tiny_xray, tmp_path):
+    bundle = with_tiny_network(copy_bundle("xnet", tmp_path))
+    train_cli(bundle, tiny_xray, "--epochs", "6", "--early_stop_patience", "1", "--early_stop_min_delta", "2.0")
+    state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 * 3  # epoch 2 cannot improve by 2.0 on epoch 1's Dice: stop
+
+
+def test_k_fold_cross_validation_trains_on_the_other_folds(tiny_xray, tmp_path):
+    bundle = with_tiny_network(copy_bundle("xnet", tmp_path))
+    train_cli(bundle, tiny_xray, "--epochs", "1", "--num_folds", "4", "--fold", "1")
+    state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 3  # 8 pooled cases, 6 train in folds 0, 2, 3: three batches of 2
+
+
+def test_torchrun_two_cpu_processes_train_one_epoch(tiny_xray, tmp_path):
+    bundle = with_tiny_network(copy_bundle("xnet", tmp_path))
+    configs = "['configs/train.json','configs/multi_gpu_train.json','" + str(REPO / "tests/bundle/cpu_gloo.json") + "']"
+    result = train_cli(
+        bundle, tiny_xray, "--epochs", "1", config=configs,
+        launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"),
+    )  # fmt: skip
+    assert (bundle / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in result.stdout + result.stderr
+
+
+def test_evaluate_writes_metrics_and_reliability_diagram(trained, tiny_xray):
+    bundle, _ = trained
+    run_cli(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--meta_file",
+        "configs/metadata.json", "--bundle_root", ".", "--dataset_dir", str(tiny_xray), *TINY, cwd=bundle,
+    )  # fmt: skip
+    metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
+    raw, postprocessed = metrics["predictions"]["raw"], metrics["predictions"]["postprocessed"]
+    assert set(raw["f1_per_class"]) == {"open_beam", "soft_tissue", "bone"}
+    assert 0.0 <= metrics["probabilities"]["ece"] <= 1.0 and 0.0 <= postprocessed["accuracy"] <= 1.0
+    test_pixels = sum(
+        read_radiograph(tiny_xray / entry["image"]).array.size
+        for entry in json.loads((tiny_xray / "dataset.json").read_text())["test"]
+    )
+    assert np.sum(raw["confusion_matrix"]) == test_pixels  # scored on the labels' own pixel grid
+    assert (bundle / "eval" / "reliability_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def radiographs(tmp_path_factory) -> dict[str, Path]:
+    """One 72×56 phantom written as DICOM MONOCHROME1 (with rescale), PNG and NIfTI, in one folder."""
+    folder = tmp_path_factory.mktemp("radiographs")
+    sample = generate_radiograph(np.random.default_rng(7), size=(72, 56))
+    pixels = np.round(sample.image / sample.image.max() * 4095).astype(np.uint16)
+    write_dicom_cr(folder / "mono1.dcm", 4095 - pixels, photometric="MONOCHROME1", bits_stored=12,
+                   pixel_spacing=(0.3, 0.2), rescale_slope=2.0, rescale_intercept=-10.0)  # fmt: skip
+    write_png(folder / "plain.png", pixels, bit_depth=16)
+    nib.save(nib.Nifti1Image(pixels.astype(np.float32), np.diag([0.5, 0.4, 1.0, 1.0])), folder / "volume2d.nii.gz")
+    return {"mono1.dcm": folder / "mono1.dcm", "plain.png": folder / "plain.png", "nifti": folder / "volume2d.nii.gz"}
+
+
+def test_inference_on_dicom_png_and_nifti_keeps_each_input_grid(trained, radiographs, tmp_path):
+    bundle, _ = trained
+    run_cli(
+        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
+        "--bundle_root", ".", "--input_dir", str(radiographs["plain.png"].parent), "--output_dir", str(tmp_path),
+        "--save_probabilities", "true", *TINY, cwd=bundle,
+    )  # fmt: skip
+    expected = {"mono1": np.diag([0.3, 0.2, 1.0, 1.0]), "plain": np.eye(4), "volume2d": np.diag([0.5, 0.4, 1.0, 1.0])}
+    for stem, affine in expected.items():
+        mask = nib.load(tmp_path / f"{stem}_seg.nii.gz")
+        assert mask.shape[:2] == (72, 56), stem
+        np.testing.assert_allclose(mask.affine, affine, err_msg=stem)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+        probabilities = np.asarray(nib.load(tmp_path / f"{stem}_prob.nii.gz").dataobj)
+        assert probabilities.shape[-1] == 3 or probabilities.shape[0] == 3
+        np.testing.assert_allclose(probabilities.sum(axis=-1 if probabilities.shape[-1] == 3 else 0), 1.0, atol=1e-4)
+
+
+def test_volume_given_to_the_2d_bundle_is_refused_and_nothing_written(trained, tmp_path):
+    bundle, _ = trained
+    volume = tmp_path / "inputs" / "ct.nii.gz"
+    volume.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 5), np.float32), np.eye(4)), volume)
+    result = run_cli(
+        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
+        "--bundle_root", ".", "--input_dir", str(volume.parent), "--output_dir", str(tmp_path / "out"), *TINY,
+        cwd=bundle, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ct.nii.gz: array of shape (64, 64, 5) is not a 2D radiograph" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_metadata_and_network_contract(trained):
+    verify_metadata_and_network(trained[0])
+
+
+def test_torchscript_export_loads_without_common(trained, tmp_path):
+    assert "matches eager" in check_torchscript_export(trained[0], tmp_path, sample_shape=(1, 1, 32, 32))

@@ -46,7 +46,6 @@ __all__ = [
     "RADIOGRAPH_SUFFIXES",
     "Radiograph",
     "RadiographReader",
-    "check_min_size",
     "read_radiograph",
     "write_dicom_cr",
     "write_png",
@@ -98,24 +97,6 @@ def read_radiograph(path: PathLike, apply_voi: bool = True) -> Radiograph:
     if not np.isfinite(radiograph.array).all():
         raise InvalidInputError(f"{path}: the image holds NaN or infinite values; fix or remove the file")
     return radiograph
-
-
-def check_min_size(image_shape: Sequence[int], min_size: int | Sequence[int], filename: PathLike) -> None:
-    """Raise an InvalidInputError naming `filename` if the spatial `image_shape` (rows, columns) is below `min_size`.
-
-    Args:
-        image_shape: spatial shape (rows, columns), without a channel axis.
-        min_size: the smallest allowed size, one number for every axis or one per axis.
-        filename: the file the image came from, for the message.
-    """
-    shape = tuple(int(n) for n in image_shape)
-    minimum = tuple(int(n) for n in ensure_tuple(min_size))
-    minimum = minimum * len(shape) if len(minimum) == 1 else minimum
-    if any(n < m for n, m in zip(shape, minimum, strict=True)):
-        raise InvalidInputError(
-            f"{filename}: image of {' x '.join(map(str, shape))} pixels is smaller than the minimum of "
-            f"{' x '.join(map(str, minimum))}; use a larger image or pad it (e.g. monai.transforms.SpatialPadd)"
-        )
 
 
 class RadiographReader(ImageReader):

@@ -16,7 +16,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from common.data.radiograph_io import (
     RADIOGRAPH_SUFFIXES,
     RadiographReader,
-    check_min_size,
     read_radiograph,
     write_dicom_cr,
     write_png,
@@ -295,15 +294,6 @@ def test_load_image_passes_the_error_through(tmp_path, case):
     path = make(tmp_path / case)
     with pytest.raises(InvalidInputError, match=problem):
         LoadImaged(keys="image", reader=RadiographReader(), ensure_channel_first=True)({"image": str(path)})
-
-
-def test_check_min_size():
-    check_min_size((64, 96), 64, "ok.dcm")
-    check_min_size((64, 96), (32, 96), "ok.dcm")
-    with pytest.raises(InvalidInputError, match=r"small\.dcm: image of 48 x 96 pixels is smaller than .*64 x 64"):
-        check_min_size((48, 96), 64, "small.dcm")
-    with pytest.raises(InvalidInputError, match=r"small\.png"):
-        check_min_size((64, 96), (32, 128), "small.png")
 
 
 def test_several_files_for_one_image_are_refused(tmp_path):

@@ -6,16 +6,20 @@ Subcommands, each through the bundle's own configs:
 - ``data``: writes the generated dataset (DICOM CR images, PNG labels, ``dataset.json`` with a held-out "test"
   section that training never sees: early stopping uses "validation" only).
 - ``train``: trains a copy of the bundle with the real ``monai.bundle`` CLI (resumable: run it again after an
-  interruption); ``--ship`` then copies the best weights into ``bundles/xnet/models/model.pt``.
-- ``evaluate``: runs ``configs/evaluate.json`` on the "test" section once per post-processing variant (none,
-  soft-tissue threshold only, bone opening only, both) and prints one table; writes ``results.{md,json}``.
+  interruption); ``ship`` copies its best weights into ``bundles/xnet/models/model.pt`` as float16.
+- ``evaluate``: runs ``configs/evaluate.json`` on one section (``--eval_split``: choose post-processing on
+  "validation", report on "test") once per post-processing variant (none, soft-tissue thresholds, bone
+  openings, the bundle's defaults) and prints one table; writes ``results_<split>.{md,json}``.
 - ``latency``: seconds per 2000×2000 DICOM radiograph through ``configs/inference.json`` (read, resize,
   network, probabilities back to 2000×2000, post-processing, NIfTI written) on the CPU, and the network alone.
 
 Example (the bundle README's numbers)::
 
     python benchmarks/xnet_synthetic.py data --output_dir work/xray
-    python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 60 --ship
+    python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 300
+    python benchmarks/xnet_synthetic.py ship --run_dir work/bench_xnet
+    python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
+        --eval_split validation
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py latency --run_dir work/bench_xnet
 """
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
 
+from common.data.atomic import atomic_target
 from common.data.json_io import write_json
 from common.data.radiograph_io import write_dicom_cr
 from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
@@ -42,10 +47,12 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
 CLASS_NAMES = ("open_beam", "soft_tissue", "bone")
 VARIANTS = {
-    "none": ["--soft_tissue_threshold", "None", "--bone_opening_size", "0"],
-    "threshold": ["--bone_opening_size", "0"],
-    "opening": ["--soft_tissue_threshold", "None"],
-    "both": [],
+    "none (argmax)": ["--soft_tissue_threshold", "None", "--bone_opening_size", "0"],
+    "soft-tissue threshold 0.7": ["--soft_tissue_threshold", "0.7", "--bone_opening_size", "0"],
+    "soft-tissue threshold 0.9": ["--soft_tissue_threshold", "0.9", "--bone_opening_size", "0"],
+    "bone opening 3": ["--soft_tissue_threshold", "None", "--bone_opening_size", "3"],
+    "bone opening 5": ["--soft_tissue_threshold", "None", "--bone_opening_size", "5"],
+    "bundle defaults": [],
 }
 
 
@@ -71,26 +78,31 @@ def train(args: argparse.Namespace) -> None:
     cli(bundle, "configs/train.json", "--dataset_dir", str(args.dataset_dir.resolve()), "--epochs", str(args.epochs),
         "--output_dir", str((args.run_dir / "train").resolve()))  # fmt: skip
     print(f"training took {(time.perf_counter() - start) / 60:.1f} min in this call")
-    if args.ship:
-        weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
-        shipped = {name: value.half() if value.is_floating_point() else value for name, value in weights.items()}
-        torch.save(shipped, BUNDLE / "models" / "model.pt")
-        print(f"shipped {BUNDLE / 'models' / 'model.pt'} (float16)")
+
+
+def ship(args: argparse.Namespace) -> None:
+    """The run's best weights into ``bundles/xnet/models/model.pt``, floating tensors stored as float16."""
+    weights = torch.load(bundle_copy(args.run_dir) / "models" / "model.pt", weights_only=True)
+    shipped = {name: value.half() if value.is_floating_point() else value for name, value in weights.items()}
+    with atomic_target(BUNDLE / "models" / "model.pt") as temporary:
+        torch.save(shipped, temporary)
+    print(f"shipped {BUNDLE / 'models' / 'model.pt'} (float16)")
 
 
 def evaluate(args: argparse.Namespace) -> None:
     bundle = bundle_copy(args.run_dir)
     weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
     results = {}
-    for variant, overrides in VARIANTS.items():
-        output_dir = (args.run_dir / "evaluate" / variant).resolve()
+    for index, (variant, overrides) in enumerate(VARIANTS.items()):
+        output_dir = (args.run_dir / f"evaluate_{args.eval_split}" / str(index)).resolve()
         cli(bundle, "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
-            "--ckpt_path", str(weights), "--output_dir", str(output_dir), *overrides)  # fmt: skip
+            "--ckpt_path", str(weights), "--output_dir", str(output_dir), "--eval_split", args.eval_split,
+            *overrides)  # fmt: skip
         results[variant] = json.loads((output_dir / "metrics.json").read_text())
     table = report(results)
     print(table)
-    write_json(results, args.run_dir / "results.json")
-    (args.run_dir / "results.md").write_text(table + "\n")
+    write_json(results, args.run_dir / f"results_{args.eval_split}.json")
+    (args.run_dir / f"results_{args.eval_split}.md").write_text(table + "\n")
 
 
 def report(results: dict) -> str:
@@ -154,16 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--num_test", type=int, default=30)
     data.add_argument("--size", type=int, nargs=2, default=(256, 256))
     data.add_argument("--seed", type=int, default=0)
-    for name, function in (("train", train), ("evaluate", evaluate), ("latency", latency)):
+    for name, function in (("train", train), ("ship", ship), ("evaluate", evaluate), ("latency", latency)):
         command = commands.add_parser(name)
         command.set_defaults(function=function)
         command.add_argument("--run_dir", type=Path, required=True)
-        if name != "latency":
+        if name in ("train", "evaluate"):
             command.add_argument("--dataset_dir", type=Path, required=True)
-        if name != "train":
+        if name in ("evaluate", "latency"):
             command.add_argument("--weights", type=Path, help="model.pt to use (default: the run's own)")
     commands.choices["train"].add_argument("--epochs", type=int, default=60)
-    commands.choices["train"].add_argument("--ship", action="store_true", help="copy the weights into the bundle")
+    commands.choices["evaluate"].add_argument("--eval_split", default="test", choices=("validation", "test"))
     commands.choices["latency"].add_argument("--size", type=int, default=2000)
     commands.choices["latency"].add_argument("--repeats", type=int, default=5)
     commands.choices["latency"].add_argument("--threads", type=int, default=2)

@@ -47,11 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
 CLASS_NAMES = ("open_beam", "soft_tissue", "bone")
 VARIANTS = {
-    "none (argmax)": ["--soft_tissue_threshold", "None", "--bone_opening_size", "0"],
+    "none (argmax)": ["--soft_tissue_threshold", "0", "--bone_opening_size", "0"],
     "soft-tissue threshold 0.7": ["--soft_tissue_threshold", "0.7", "--bone_opening_size", "0"],
     "soft-tissue threshold 0.9": ["--soft_tissue_threshold", "0.9", "--bone_opening_size", "0"],
-    "bone opening 3": ["--soft_tissue_threshold", "None", "--bone_opening_size", "3"],
-    "bone opening 5": ["--soft_tissue_threshold", "None", "--bone_opening_size", "5"],
+    "bone opening 3": ["--soft_tissue_threshold", "0", "--bone_opening_size", "3"],
+    "bone opening 5": ["--soft_tissue_threshold", "0", "--bone_opening_size", "5"],
     "bundle defaults": [],
 }
 

@@ -74,14 +74,15 @@ class SoftTissueThreshold(Transform):
     """Label map from class probabilities, calling a pixel soft tissue only when the network is sure.
 
     A pixel is ``tissue_class`` iff P(tissue) > ``threshold`` (strictly); otherwise it is the most probable of
-    the other classes (the first on ties). With ``threshold=None`` the rule is off: a plain argmax. XNet used
-    0.9 and 0.99, and per body part 0.6 to 0.99.
+    the other classes (the first on ties). With ``threshold`` None or 0 the rule is off: a plain argmax (0 so that
+    the command line, which cannot pass None, can turn it off). XNet used 0.9 and 0.99, and per body part 0.6 to
+    0.99.
 
     Input: probabilities (C, H, W) (any spatial dims), tensor, MetaTensor or numpy array.
     Output: uint8 label map (1, H, W) of the same type, a MetaTensor keeping the input's metadata.
 
     Args:
-        threshold: in [0, 1], or None to disable.
+        threshold: in (0, 1]; None or 0 to disable.
         tissue_class: the channel of soft tissue.
     """
 
@@ -90,7 +91,7 @@ class SoftTissueThreshold(Transform):
     def __init__(self, threshold: float | None, tissue_class: int = 1) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] or None, got {threshold}")
-        self.threshold = threshold
+        self.threshold = threshold or None
         self.tissue_class = tissue_class
 
     def __call__(self, probabilities: NdarrayOrTensor) -> NdarrayOrTensor:

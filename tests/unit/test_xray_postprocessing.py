@@ -44,6 +44,7 @@ def test_threshold_is_strict_and_falls_back_to_the_other_classes():
 
 def test_threshold_none_is_the_argmax():
     assert SoftTissueThreshold(None)(_probabilities()).tolist() == [[[TISSUE, TISSUE, TISSUE, BEAM]]]
+    assert SoftTissueThreshold(0)(_probabilities()).tolist() == [[[TISSUE, TISSUE, TISSUE, BEAM]]]
 
 
 def test_threshold_ties_among_the_other_classes_go_to_the_first():

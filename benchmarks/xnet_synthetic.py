@@ -6,7 +6,8 @@ Subcommands, each through the bundle's own configs:
 - ``data``: writes the generated dataset (DICOM CR images, PNG labels, ``dataset.json`` with a held-out "test"
   section that training never sees: early stopping uses "validation" only).
 - ``train``: trains a copy of the bundle with the real ``monai.bundle`` CLI (resumable: run it again after an
-  interruption); ``ship`` copies its best weights into ``bundles/xnet/models/model.pt`` as float16.
+  interruption); ``calibrate`` fits the temperature on the validation section (``configs/calibrate.json``);
+  ``ship`` copies the weights into ``bundles/xnet/models/model.pt`` as float16.
 - ``evaluate``: runs ``configs/evaluate.json`` on one section (``--eval_split``: choose post-processing on
   "validation", report on "test") once per post-processing variant (none, soft-tissue thresholds, bone
   openings, the bundle's defaults) and prints one table; writes ``results_<split>.{md,json}``.
@@ -17,6 +18,7 @@ Example (the bundle README's numbers)::
 
     python benchmarks/xnet_synthetic.py data --output_dir work/xray
     python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 300
+    python benchmarks/xnet_synthetic.py calibrate --dataset_dir work/xray --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py ship --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
         --eval_split validation
@@ -78,6 +80,18 @@ def train(args: argparse.Namespace) -> None:
     cli(bundle, "configs/train.json", "--dataset_dir", str(args.dataset_dir.resolve()), "--epochs", str(args.epochs),
         "--output_dir", str((args.run_dir / "train").resolve()))  # fmt: skip
     print(f"training took {(time.perf_counter() - start) / 60:.1f} min in this call")
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """Temperature scaling of the run's weights on the validation section (``configs/calibrate.json``); the
+    weights as trained are kept beside as ``model_uncalibrated.pt`` for the comparison."""
+    bundle = bundle_copy(args.run_dir)
+    weights = bundle / "models" / "model.pt"
+    if not weights.with_name("model_uncalibrated.pt").exists():
+        shutil.copy2(weights, weights.with_name("model_uncalibrated.pt"))
+    cli(bundle, "['configs/train.json','configs/calibrate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
+        "--output_dir", str((args.run_dir / "calibrate").resolve()))  # fmt: skip
+    print((args.run_dir / "calibrate" / "temperature.json").read_text())
 
 
 def ship(args: argparse.Namespace) -> None:
@@ -166,11 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--num_test", type=int, default=30)
     data.add_argument("--size", type=int, nargs=2, default=(256, 256))
     data.add_argument("--seed", type=int, default=0)
-    for name, function in (("train", train), ("ship", ship), ("evaluate", evaluate), ("latency", latency)):
+    subcommands = {"train": train, "calibrate": calibrate, "ship": ship, "evaluate": evaluate, "latency": latency}
+    for name, function in subcommands.items():
         command = commands.add_parser(name)
         command.set_defaults(function=function)
         command.add_argument("--run_dir", type=Path, required=True)
-        if name in ("train", "evaluate"):
+        if name in ("train", "calibrate", "evaluate"):
             command.add_argument("--dataset_dir", type=Path, required=True)
         if name in ("evaluate", "latency"):
             command.add_argument("--weights", type=Path, help="model.pt to use (default: the run's own)")

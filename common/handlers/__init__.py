@@ -3,13 +3,16 @@
 from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights, unwrap
 from common.handlers.classification_report import ClassificationReport
 from common.handlers.metrics import PartialLabelDice, per_class_dice
+from common.handlers.temperature_scaling import TemperatureScaling, fit_temperature
 
 __all__ = [
     "ClassificationReport",
     "PartialLabelDice",
     "ResumableCheckpoint",
+    "TemperatureScaling",
     "WeightsLoader",
     "check_state_dict_fits",
+    "fit_temperature",
     "load_weights",
     "per_class_dice",
     "unwrap",

@@ -48,13 +48,15 @@ class XNet(nn.Module):
         d3 = [a9, Up C_f3(a11)]          1/4
         d4 = [a8, Up C_f2(d3)]           1/2
         d5 = [a1, Up C_f1(d4)]           full resolution
-        logits = Conv1×1(d5)
+        logits = Conv1×1(d5) / temperature
 
     where ``[·, ·]`` is channel concatenation. The network returns logits (B, out_channels, H, W); softmax over
     the channels gives the per-pixel class probabilities (open beam, soft tissue, bone in the bundle). H and W
-    must be multiples of 8. With the paper's widths and ``kernel_size=3`` it has 11.73 M parameters. There is
-    no dropout and no weight sharing, as in the published code; L2 regularisation is a loss term
-    (:func:`conv_kernel_l2`), applied by the training loss.
+    must be multiples of 8. ``temperature`` is a buffer, 1 during training, that temperature scaling
+    (:class:`common.handlers.TemperatureScaling`) fits afterwards on validation data so that the probabilities
+    are calibrated; it is saved in the state_dict and in the TorchScript export. With the paper's widths and
+    ``kernel_size=3`` it has 11.73 M parameters. There is no dropout and no weight sharing, as in the published
+    code; L2 regularisation is a loss term (:func:`conv_kernel_l2`), applied by the training loss.
 
     Args:
         in_channels: channels of the input image (1 for a radiograph).
@@ -92,6 +94,7 @@ class XNet(nn.Module):
         self.decoder4 = UpBlock(2 * f3, f2, k)
         self.decoder5 = UpBlock(2 * f2, f1, k)
         self.head = nn.Conv2d(2 * f1, out_channels, kernel_size=1)
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) image → (B, out_channels, H, W) logits; H and W multiples of 8."""
@@ -110,7 +113,7 @@ class XNet(nn.Module):
         d3 = torch.cat([a9, self.decoder3(a11)], dim=1)
         d4 = torch.cat([a8, self.decoder4(d3)], dim=1)
         d5 = torch.cat([a1, self.decoder5(d4)], dim=1)
-        return self.head(d5)
+        return self.head(d5) / self.temperature
 
 
 def conv_kernel_l2(network: nn.Module) -> torch.Tensor:

@@ -108,6 +108,20 @@ def test_torchrun_two_cpu_processes_train_one_epoch(tiny_xray, tmp_path):
     assert "val_mean_dice" in result.stdout + result.stderr
 
 
+def test_calibration_fits_the_temperature_on_validation_and_keeps_the_other_weights(trained, tiny_xray):
+    bundle, _ = trained
+    before = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    run_cli(
+        "run", "--config_file", "['configs/train.json','configs/calibrate.json']", "--meta_file",
+        "configs/metadata.json", "--bundle_root", ".", "--dataset_dir", str(tiny_xray), *TINY, cwd=bundle,
+    )  # fmt: skip
+    after = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    report = json.loads((bundle / "eval" / "temperature.json").read_text())
+    assert float(before["temperature"]) == 1.0 and float(after["temperature"]) == pytest.approx(report["temperature"])
+    assert report["pixels"] == 2 * 32 * 32 and report["nll_after"] <= report["nll_before"]  # 2 validation images
+    assert all(torch.equal(before[name], after[name]) for name in before if name != "temperature")
+
+
 def test_evaluate_writes_metrics_and_reliability_diagram(trained, tiny_xray):
     bundle, _ = trained
     run_cli(

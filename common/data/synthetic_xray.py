@@ -25,11 +25,10 @@ the dose through, scatter (a wide blur of the attenuated dose), Poisson quantum 
 pixel, a Gaussian point spread of 0.4-1 pixel, electronic noise, and a logarithmic (CR-like) or linear response
 quantised to 12, 14 or 16 bits. Open beam is brightest, as in a raw (MONOCHROME2) detector image.
 
-Labels (``CLASS_NAMES``) are computed from the geometry at each pixel centre, before any blur or noise: 2 (bone) where
-the ray crosses a bone, 1 (soft tissue) where it crosses soft tissue but no bone, 0 (open beam) where it crosses no
-object. They describe the object, not the dose: under the collimator blades an object keeps its label although it is
-barely visible, and a collimated area without object is open beam. ``RadiographSample.exposed`` marks the collimator
-opening for whoever wants to treat these areas apart.
+Labels (``CLASS_NAMES``) are computed from the geometry at each pixel centre, before any blur or noise: 3 (collimator)
+outside the collimator opening, where the blades stop (almost) all dose and nothing can be seen; inside it, 2 (bone)
+where the ray crosses a bone, 1 (soft tissue) where it crosses soft tissue but no bone, 0 (open beam) where it
+crosses no object. ``RadiographSample.transmission`` still describes the object under the blades.
 """
 
 from __future__ import annotations
@@ -57,8 +56,8 @@ __all__ = [
     "write_xray_dataset",
 ]
 
-CLASS_NAMES: dict[int, str] = {0: "open_beam", 1: "soft_tissue", 2: "bone"}
-OPEN_BEAM, SOFT_TISSUE, BONE = 0, 1, 2
+CLASS_NAMES: dict[int, str] = {0: "open_beam", 1: "soft_tissue", 2: "bone", 3: "collimator"}
+OPEN_BEAM, SOFT_TISSUE, BONE, COLLIMATOR = 0, 1, 2, 3
 BITS_STORED = (12, 14, 16)
 
 Point = tuple[float, float]
@@ -70,7 +69,7 @@ class RadiographSample:
 
     Attributes:
         image: float32 detector values, integers in ``[0, 2**bits_stored - 1]``; more dose is brighter.
-        label: uint8 classes of ``CLASS_NAMES``: 0 open beam, 1 soft tissue, 2 bone.
+        label: uint8 classes of ``CLASS_NAMES``: 0 open beam, 1 soft tissue, 2 bone, 3 collimator.
         transmission: float32 noise-free primary transmission in (0, 1]: exactly 1 where the ray crosses no object.
         exposed: bool, True inside the collimator opening (everywhere when there is no collimator).
         body_part: a key of ``BODY_PART_FREQUENCIES``.
@@ -115,10 +114,11 @@ def generate_radiograph(
     tissue, cortex, marrow = (
         pose.scale * length for length in _path_lengths(limb, *pose.to_limb(detector_x, detector_y))
     )
-    label = np.where(cortex + marrow > 0, BONE, np.where(tissue > 0, SOFT_TISSUE, OPEN_BEAM)).astype(np.uint8)
+    object_label = np.where(cortex + marrow > 0, BONE, np.where(tissue > 0, SOFT_TISSUE, OPEN_BEAM))
     mu_tissue, mu_cortex, mu_marrow = _attenuation(part.hardness, rng)
     transmission = np.exp(-(mu_tissue * tissue + mu_cortex * cortex + mu_marrow * marrow)).astype(np.float32)
     exposed = _collimator_opening(detector_x, detector_y, pose.shift, rng)
+    label = np.where(exposed, object_label, COLLIMATOR).astype(np.uint8)
     bits_stored = int(rng.choice(BITS_STORED))
     quanta = _expected_quanta(transmission, exposed, detector_x, detector_y, spacing, rng)
     image = _read_out(quanta, bits_stored, rng)
@@ -680,7 +680,7 @@ def _window_limits(sample: RadiographSample) -> tuple[float, float]:
     """Detector values a radiographer's window would span: from the 1st percentile of the object, dimmed parts under
     the collimator blades included (so that their labels stay visible), to the 99th percentile of the object in the
     collimator opening (so that the open beam saturates white)."""
-    inside = sample.label > 0
+    inside = sample.transmission < 1.0
     if not inside.any():
         return float(sample.image.min()), float(sample.image.max())
     exposed = inside & sample.exposed

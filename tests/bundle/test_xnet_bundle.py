@@ -71,7 +71,7 @@ def test_cli_training_validates_every_epoch_and_keeps_the_best_weights(trained):
     log = result.stdout + result.stderr
     assert log.count("val_mean_dice") >= 2
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    assert weights["encoder1.0.weight"].shape == (4, 1, 3, 3) and weights["head.weight"].shape[0] == 3
+    assert weights["encoder1.0.weight"].shape == (4, 1, 3, 3) and weights["head.weight"].shape[0] == 4
     state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2 * 3 and {"network", "optimizer"} <= set(state)  # 6 cases, batches of 2
 
@@ -130,7 +130,7 @@ def test_evaluate_writes_metrics_and_reliability_diagram(trained, tiny_xray):
     )  # fmt: skip
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
     raw, postprocessed = metrics["predictions"]["raw"], metrics["predictions"]["postprocessed"]
-    assert set(raw["f1_per_class"]) == {"open_beam", "soft_tissue", "bone"}
+    assert set(raw["f1_per_class"]) == {"open_beam", "soft_tissue", "bone", "collimator"}
     assert 0.0 <= metrics["probabilities"]["ece"] <= 1.0 and 0.0 <= postprocessed["accuracy"] <= 1.0
     test_pixels = sum(
         read_radiograph(tiny_xray / entry["image"]).array.size
@@ -165,10 +165,10 @@ def test_inference_on_dicom_png_and_nifti_keeps_each_input_grid(trained, radiogr
         mask = nib.load(tmp_path / f"{stem}_seg.nii.gz")
         assert mask.shape[:2] == (72, 56), stem
         np.testing.assert_allclose(mask.affine, affine, err_msg=stem)
-        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 3}
         probabilities = np.asarray(nib.load(tmp_path / f"{stem}_prob.nii.gz").dataobj)
-        assert probabilities.shape[-1] == 3 or probabilities.shape[0] == 3
-        np.testing.assert_allclose(probabilities.sum(axis=-1 if probabilities.shape[-1] == 3 else 0), 1.0, atol=1e-4)
+        assert probabilities.shape == (72, 56, 1, 4), stem  # NIfTI: the classes on the fourth axis
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-4)
 
 
 def test_volume_given_to_the_2d_bundle_is_refused_and_nothing_written(trained, tmp_path):

@@ -48,7 +48,7 @@ def test_labels_follow_the_geometry(body_part):
         assert label.dtype == np.uint8 and set(np.unique(label).tolist()) <= set(CLASS_NAMES)
         assert (label == 1).any() and (label == 2).any(), f"{body_part}, seed {seed}"
         # Open beam exactly where the ray crosses nothing; bone attenuates more than soft tissue on average.
-        assert np.all(transmission[label == 0] == 1.0) and np.all(transmission[label > 0] < 1.0)
+        assert np.all(transmission[label == 0] == 1.0) and np.all(transmission[(label == 1) | (label == 2)] < 1.0)
         assert transmission[label == 2].mean() < transmission[label == 1].mean()
 
 
@@ -89,14 +89,14 @@ def test_body_parts_are_drawn_with_unequal_frequencies():
     assert max(counts.values()) > 2.5 * min(counts.values())
 
 
-def test_collimated_object_keeps_its_label():
+def test_collimated_area_is_labelled_collimator_whatever_lies_beneath():
     samples = [generate_radiograph(np.random.default_rng(seed), (32, 32)) for seed in range(30)]
     collimated = [sample for sample in samples if not sample.exposed.all()]
     assert collimated and len(collimated) < len(samples)
-    # Under the blades the labels still describe the object: soft tissue or bone where there is one.
-    under_blades = [sample.label[~sample.exposed] for sample in collimated]
-    assert any((labels > 0).any() for labels in under_blades)
-    assert any((labels == 0).any() for labels in under_blades)
+    for sample in samples:
+        assert np.array_equal(sample.label == 3, ~sample.exposed)
+    # objects do lie under the blades: the label says "collimator" there, the transmission keeps the object
+    assert any((sample.transmission[~sample.exposed] < 1).any() for sample in collimated)
 
 
 def test_bad_arguments_raise():
@@ -111,12 +111,12 @@ def test_bad_arguments_raise():
 def test_dataset_datalist_and_files(dataset, entries):
     content = json.loads(dataset.read_text())
     assert {split: len(content[split]) for split in SPLITS} == SPLITS
-    assert content["labels"] == {"0": "open_beam", "1": "soft_tissue", "2": "bone"}
+    assert content["labels"] == {"0": "open_beam", "1": "soft_tissue", "2": "bone", "3": "collimator"}
     assert len({entry["body_part"] for entry in entries}) >= 3
     for index, entry in enumerate(entries):
         assert entry["image"] == f"images/xr_{index:03d}.dcm" and entry["label"] == f"labels/xr_{index:03d}.png"
         label = np.asarray(Image.open(dataset.parent / entry["label"]))
-        assert label.dtype == np.uint8 and label.shape == SIZE and set(np.unique(label).tolist()) <= {0, 1, 2}
+        assert label.dtype == np.uint8 and label.shape == SIZE and set(np.unique(label).tolist()) <= {0, 1, 2, 3}
         assert read_radiograph(dataset.parent / entry["image"]).array.shape == SIZE
         assert (dataset.parent / "images_png" / f"xr_{index:03d}.png").is_file()
 

@@ -47,7 +47,7 @@ from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
-CLASS_NAMES = ("open_beam", "soft_tissue", "bone")
+CLASS_NAMES = ("open_beam", "soft_tissue", "bone", "collimator")
 VARIANTS = {
     "none (argmax)": ["--soft_tissue_threshold", "0", "--bone_opening_size", "0"],
     "soft-tissue threshold 0.7": ["--soft_tissue_threshold", "0.7", "--bone_opening_size", "0"],
@@ -120,16 +120,19 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def report(results: dict) -> str:
-    """One Markdown row per post-processing variant: accuracy, F1 per class and macro, soft-tissue AUC, ECE."""
-    header = "| post-processing | accuracy | F1 open beam | F1 soft tissue | F1 bone | macro F1 | AUC (macro) | ECE |"
-    rows = [header, "|" + " --- |" * 8]
+    """One Markdown row per post-processing variant: accuracy, F1 per class and macro, AUC (macro), ECE."""
+    names = [name.replace("_", " ") for name in CLASS_NAMES]
+    rows = [
+        "| post-processing | accuracy | " + " | ".join(f"F1 {name}" for name in names) + " | macro F1 | AUC | ECE |",
+        "|" + " --- |" * (len(CLASS_NAMES) + 5),
+    ]
     for variant, metrics in results.items():
         scores, probabilities = metrics["predictions"]["postprocessed"], metrics["probabilities"]
-        f1 = [scores["f1_per_class"][name] for name in CLASS_NAMES]
+        f1 = " | ".join(f"{scores['f1_per_class'][name]:.3f}" for name in CLASS_NAMES)
         rows.append(
-            f"| {variant} | {scores['accuracy']:.3f} | " + " | ".join(f"{v:.3f}" for v in f1)
-            + f" | {scores['f1_macro']:.3f} | {probabilities['auc_macro']:.3f} | {probabilities['ece']:.4f} |"
-        )  # fmt: skip
+            f"| {variant} | {scores['accuracy']:.3f} | {f1} | {scores['f1_macro']:.3f} | "
+            f"{probabilities['auc_macro']:.3f} | {probabilities['ece']:.4f} |"
+        )
     return "\n".join(rows)
 
 

@@ -23,6 +23,8 @@ Example (the bundle README's numbers)::
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
         --eval_split validation
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet
+    python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
+        --weights work/bench_xnet/bundle/models/model_uncalibrated.pt --variants "none (argmax)" --tag uncalibrated
     python benchmarks/xnet_synthetic.py latency --run_dir work/bench_xnet
 """
 
@@ -107,16 +109,19 @@ def evaluate(args: argparse.Namespace) -> None:
     bundle = bundle_copy(args.run_dir)
     weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
     results = {}
+    tag = f"{args.eval_split}_{args.tag}" if args.tag else args.eval_split
     for index, (variant, overrides) in enumerate(VARIANTS.items()):
-        output_dir = (args.run_dir / f"evaluate_{args.eval_split}" / str(index)).resolve()
+        if args.variants and variant not in args.variants:
+            continue
+        output_dir = (args.run_dir / f"evaluate_{tag}" / str(index)).resolve()
         cli(bundle, "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
             "--ckpt_path", str(weights), "--output_dir", str(output_dir), "--eval_split", args.eval_split,
             *overrides)  # fmt: skip
         results[variant] = json.loads((output_dir / "metrics.json").read_text())
     table = report(results)
     print(table)
-    write_json(results, args.run_dir / f"results_{args.eval_split}.json")
-    (args.run_dir / f"results_{args.eval_split}.md").write_text(table + "\n")
+    write_json(results, args.run_dir / f"results_{tag}.json")
+    (args.run_dir / f"results_{tag}.md").write_text(table + "\n")
 
 
 def report(results: dict) -> str:
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--weights", type=Path, help="model.pt to use (default: the run's own)")
     commands.choices["train"].add_argument("--epochs", type=int, default=60)
     commands.choices["evaluate"].add_argument("--eval_split", default="test", choices=("validation", "test"))
+    commands.choices["evaluate"].add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
+    commands.choices["evaluate"].add_argument("--tag", default="", help="added to the result file names")
     commands.choices["latency"].add_argument("--size", type=int, default=2000)
     commands.choices["latency"].add_argument("--repeats", type=int, default=5)
     commands.choices["latency"].add_argument("--threads", type=int, default=2)

@@ -10,7 +10,7 @@ Subcommands, each through the bundle's own configs:
   ``ship`` copies the weights into ``bundles/xnet/models/model.pt`` as float16.
 - ``evaluate``: runs ``configs/evaluate.json`` on one section (``--eval_split``: choose post-processing on
   "validation", report on "test") once per post-processing variant (none, soft-tissue thresholds, bone
-  openings, the bundle's defaults) and prints one table; writes ``results_<split>.{md,json}``.
+  openings) and prints one table; writes ``results_<split>.{md,json}``.
 - ``latency``: seconds per 2000×2000 DICOM radiograph through ``configs/inference.json`` (read, resize,
   network, probabilities back to 2000×2000, post-processing, NIfTI written) on the CPU, and the network alone.
 
@@ -56,7 +56,6 @@ VARIANTS = {
     "soft-tissue threshold 0.9": ["--soft_tissue_threshold", "0.9", "--bone_opening_size", "0"],
     "bone opening 3": ["--soft_tissue_threshold", "0", "--bone_opening_size", "3"],
     "bone opening 5": ["--soft_tissue_threshold", "0", "--bone_opening_size", "5"],
-    "bundle defaults": [],
 }
 
 
@@ -107,7 +106,7 @@ def ship(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     bundle = bundle_copy(args.run_dir)
-    weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
+    weights = (args.weights or bundle / "models" / "model.pt").resolve()
     results = {}
     tag = f"{args.eval_split}_{args.tag}" if args.tag else args.eval_split
     for index, (variant, overrides) in enumerate(VARIANTS.items()):
@@ -128,15 +127,18 @@ def report(results: dict) -> str:
     """One Markdown row per post-processing variant: accuracy, F1 per class and macro, AUC (macro), ECE."""
     names = [name.replace("_", " ") for name in CLASS_NAMES]
     rows = [
-        "| post-processing | accuracy | " + " | ".join(f"F1 {name}" for name in names) + " | macro F1 | AUC | ECE |",
-        "|" + " --- |" * (len(CLASS_NAMES) + 5),
+        "| post-processing | accuracy | "
+        + " | ".join(f"F1 {name}" for name in names)
+        + " | macro F1 | soft-tissue precision | AUC | ECE |",
+        "|" + " --- |" * (len(CLASS_NAMES) + 6),
     ]
     for variant, metrics in results.items():
         scores, probabilities = metrics["predictions"]["postprocessed"], metrics["probabilities"]
         f1 = " | ".join(f"{scores['f1_per_class'][name]:.3f}" for name in CLASS_NAMES)
         rows.append(
             f"| {variant} | {scores['accuracy']:.3f} | {f1} | {scores['f1_macro']:.3f} | "
-            f"{probabilities['auc_macro']:.3f} | {probabilities['ece']:.4f} |"
+            f"{scores['precision_per_class']['soft_tissue']:.3f} | {probabilities['auc_macro']:.3f} | "
+            f"{probabilities['ece']:.4f} |"
         )
     return "\n".join(rows)
 
@@ -151,7 +153,7 @@ def latency(args: argparse.Namespace) -> None:
     for index in range(args.repeats):
         write_dicom_cr(inputs / f"xr_{index}.dcm", pixels, bits_stored=12, pixel_spacing=sample.pixel_spacing)
     bundle = bundle_copy(args.run_dir)
-    weights = args.weights.resolve() if args.weights else bundle / "models" / "model.pt"
+    weights = (args.weights or bundle / "models" / "model.pt").resolve()
     workflow = ConfigWorkflow(
         workflow_type="infer", config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle),
         input_dir=str(inputs), output_dir=str(folder / "outputs"), ckpt_path=str(weights), device="cpu",

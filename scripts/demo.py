@@ -1,4 +1,5 @@
-"""`make demo`: sample CT; train SMILE, evaluate, segment, export; relabel (SMILEr); propagate one slice (Sli2Vol).
+"""`make demo`: sample CT; train SMILE, evaluate, segment, export; relabel (SMILEr); propagate one slice (Sli2Vol);
+segment generated radiographs (XNet).
 
 Every step is the real ``python -m monai.bundle`` command a user would type; each is printed before it runs and
 its log goes to ``work/demo/logs/``. Running the demo again reuses the data and resumes the finished training.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import subprocess
 import sys
@@ -37,13 +39,15 @@ def run_step(title: str, args: list[str], log: Path) -> None:
     print(f"   done in {time.perf_counter() - start:.0f} s (log: {log})", flush=True)
 
 
-def bundle_args(config: list[str], work: Path, *extra: str, bundle: str = "smile", models: str = "models") -> list[str]:
+def bundle_args(
+    config: list[str], work: Path, *extra: str, bundle: str = "smile", models: str = "models", data: str = "data"
+) -> list[str]:
     folder = BUNDLES / bundle
     files = "[" + ",".join(f"'{folder / 'configs' / name}'" for name in config) + "]"
     return [
         "monai.bundle", "run", "--config_file", files, "--meta_file", str(folder / "configs" / "metadata.json"),
         "--logging_file", str(folder / "configs" / "logging.conf"), "--bundle_root", str(folder),
-        "--dataset_dir", str(work / "data"), "--ckpt_dir", str(work / models), *extra,
+        "--dataset_dir", str(work / data), "--ckpt_dir", str(work / models), *extra,
     ]  # fmt: skip
 
 
@@ -64,29 +68,29 @@ def main(argv: list[str] | None = None) -> None:
     patch = ["--patch_size", "[48,48,32]"]
 
     run_step(
-        "1/8 generate synthetic abdominal CT",
+        "1/10 generate synthetic abdominal CT",
         ["common.data.synthetic_ct", "--output_dir", str(work / "data"), "--num_cases", str(args.num_cases),
          "--shape", "80", "80", "32", "--spacing", "1.6", "1.6", "2.5"],
         logs / "generate.log",
     )  # fmt: skip
     run_step(
-        f"2/8 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
+        f"2/10 train SMILE, {args.epochs} epochs, alpha = {args.missing_rate} of organ annotations removed",
         bundle_args(["train.json"], work, "--output_dir", str(work / "train"), "--epochs", str(args.epochs),
                     "--val_interval", "10", "--missing_rate", str(args.missing_rate), *patch),
         logs / "train.log",
     )  # fmt: skip
     run_step(
-        "3/8 evaluate on the test split",
+        "3/10 evaluate on the test split",
         bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "evaluation"), *patch),
         logs / "evaluate.log",
     )
     run_step(
-        "4/8 segment the test images",
+        "4/10 segment the test images",
         bundle_args(["inference.json"], work, "--output_dir", str(work / "predictions"), *patch),
         logs / "inference.log",
     )
     run_step(
-        "5/8 export TorchScript",
+        "5/10 export TorchScript",
         ["monai.bundle", "ckpt_export", "network_def", "--filepath", str(work / "models" / "model.ts"),
          "--ckpt_file", str(work / "models" / "model.pt"), "--meta_file", str(BUNDLES / "smile/configs/metadata.json"),
          "--config_file", str(BUNDLES / "smile/configs/inference.json"), "--bundle_root", str(BUNDLES / "smile")],
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     smiler = {"bundle": "smiler", "models": "smiler_models"}
     run_step(
-        f"6/8 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
+        f"6/10 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
         bundle_args(["train.json"], work, "--output_dir", str(work / "smiler"), "--initial_ckpt",
                     str(work / "models" / "model.pt"), "--num_rounds", str(args.smiler_rounds), "--round_epochs",
                     str(args.round_epochs), "--val_interval", "10", "--missing_rate", str(args.missing_rate),
@@ -102,17 +106,29 @@ def main(argv: list[str] | None = None) -> None:
         logs / "smiler.log",
     )  # fmt: skip
     run_step(
-        "7/8 evaluate the SMILEr model on the test split",
+        "7/10 evaluate the SMILEr model on the test split",
         bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "smiler_evaluation"),
                     *patch, **smiler),
         logs / "smiler_evaluate.log",
     )  # fmt: skip
     run_step(
-        "8/8 Sli2Vol: propagate each test case's largest labelled slice through its volume (shipped weights)",
+        "8/10 Sli2Vol: propagate each test case's largest labelled slice through its volume (shipped weights)",
         bundle_args(["evaluate.json"], work, "--output_dir", str(work / "sli2vol"), "--datalist_key", "test",
                     "--num_classes", "3", "--modality", "CT", "--ct_window", "[-200,300]", "--save_predictions",
                     "true", bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
         logs / "sli2vol.log",
+    )  # fmt: skip
+    run_step(
+        "9/10 XNet: generate 10 test radiographs (DICOM) and segment them with the shipped weights",
+        ["common.data.synthetic_xray", "--output_dir", str(work / "xray"), "--num_training", "1",
+         "--num_validation", "0", "--num_test", "10", "--seed", "7"],
+        logs / "xnet_data.log",
+    )  # fmt: skip
+    run_step(
+        "10/10 XNet: evaluate on the generated radiographs (F1, AUC, calibration, reliability diagram)",
+        bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "xnet"), bundle="xnet",
+                    models=str(BUNDLES / "xnet" / "models"), data="xray"),
+        logs / "xnet.log",
     )  # fmt: skip
 
     smile = read_metrics(work / "evaluation" / "metrics.csv")
@@ -129,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  round {row['round']} {row['class']:<9} {precision} / {recall}")
     propagated = read_metrics(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
     print(f"\nSli2Vol from one slice per test case (LA-MRI weights, no CT training): mean Dice {propagated:.3f}")
+    xnet = json.loads((work / "xnet" / "metrics.json").read_text())
+    raw, processed = xnet["predictions"]["raw"], xnet["predictions"]["postprocessed"]
+    print(f"\nXNet on 10 generated radiographs (shipped weights): macro F1 {raw['f1_macro']:.3f} raw, "
+          f"{processed['f1_macro']:.3f} post-processed; ECE {xnet['probabilities']['ece']:.3f}")  # fmt: skip
     print("\nOutputs")
     print(f"  weights      {work / 'models' / 'model.pt'}")
     print(f"  TorchScript  {work / 'models' / 'model.ts'}")
@@ -136,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  per-case     {work / 'evaluation' / 'val_mean_dice_raw.csv'}")
     print(f"  SMILEr       {work / 'smiler'}  (pseudo-labels and reports per round; weights in smiler_models/)")
     print(f"  Sli2Vol      {work / 'sli2vol'}  (propagated masks, per-case Dice)")
+    print(f"  XNet         {work / 'xnet'}  (metrics.json, reliability_diagram.png, confusion_matrix.png)")
     print(f"  TensorBoard  tensorboard --logdir {work / 'train'}")
     print("A short CPU run: train longer (--epochs) or on a GPU for accurate masks; see bundles/smile/docs/README.md")
     print("and bundles/smiler/docs/README.md.")

@@ -37,4 +37,6 @@ def test_demo_runs_every_step_and_reports_dice(tmp_path):
     assert (work / "smiler_models" / "model.pt").is_file()
     assert (work / "smiler" / "round_1" / "pseudo_labels.json").is_file()
     assert len(list((work / "predictions").glob("*_seg.nii.gz"))) == 1
+    assert "XNet on 10 generated radiographs (shipped weights): macro F1" in result.stdout
+    assert (work / "xnet" / "reliability_diagram.png").is_file()
     assert not list(work.rglob(".partial-*"))

@@ -148,10 +148,10 @@ def latency(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     folder = (args.run_dir / "latency").resolve()
     sample = generate_radiograph(np.random.default_rng(0), size=(args.size, args.size))
-    pixels = np.round(sample.image / sample.image.max() * 4095).astype(np.uint16)
     inputs = folder / "inputs"
     for index in range(args.repeats):
-        write_dicom_cr(inputs / f"xr_{index}.dcm", pixels, bits_stored=12, pixel_spacing=sample.pixel_spacing)
+        write_dicom_cr(inputs / f"xr_{index}.dcm", sample.image.astype(np.uint16), bits_stored=sample.bits_stored,
+                       pixel_spacing=sample.pixel_spacing)  # fmt: skip
     bundle = bundle_copy(args.run_dir)
     weights = (args.weights or bundle / "models" / "model.pt").resolve()
     workflow = ConfigWorkflow(

@@ -34,6 +34,7 @@ def load_datalist(
     key: str = "training",
     num_classes: int | None = None,
     require_label: bool = True,
+    missing_ok: bool = False,
 ) -> list[dict]:
     """Read the ``key`` section of a datalist, make its paths absolute and check every entry up front.
 
@@ -43,6 +44,7 @@ def load_datalist(
         key: the section, e.g. "training", "validation", "test".
         num_classes: K; when given, ``annotated_classes`` must name classes in 1..K.
         require_label: every entry must have a "label".
+        missing_ok: return [] when the datalist has no ``key`` section (its entries are still checked when it has).
 
     Returns:
         the entries, with absolute "image"/"label" paths.
@@ -53,6 +55,8 @@ def load_datalist(
     path = Path(datalist)
     base = Path(dataset_dir) if dataset_dir is not None else path.parent
     content = _read_datalist(path)
+    if missing_ok and key not in content:
+        return []
     if key not in content or not isinstance(content[key], list):
         raise InvalidInputError(f"{path}: no list under key '{key}' (keys: {sorted(content)})")
     entries, problems = [], []

@@ -41,11 +41,7 @@ def training_split(
         raise InvalidInputError(
             f"{datalist}: fold {fold} does not exist with num_folds {num_folds} (use 0..{num_folds - 1})"
         )
-    try:
-        validation = load_datalist(datalist, dataset_dir, key="validation")
-    except InvalidInputError:
-        validation = []
-    cases = training + validation
+    cases = training + load_datalist(datalist, dataset_dir, key="validation", missing_ok=True)
     if len(cases) < num_folds:
         raise InvalidInputError(f"{datalist}: {len(cases)} training and validation cases cannot make {num_folds} folds")
     folds = stratified_folds(cases, num_folds, seed, group_key)

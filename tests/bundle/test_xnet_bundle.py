@@ -42,10 +42,12 @@ def with_tiny_network(bundle: Path) -> Path:
 
 
 def train_cli(bundle: Path, dataset: Path, *overrides: str, config: str = "configs/train.json", launcher=()):
+    """Train through ``monai.bundle run``, or through ``launcher`` (e.g. torchrun) running that module."""
+    module = ("-m", "monai.bundle") if launcher else ()
     return run_cli(
-        *(() if launcher else ("run",)), *(("-m", "monai.bundle", "run") if launcher else ()),
-        "--config_file", config, "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
-        "--bundle_root", ".", "--dataset_dir", str(dataset), *TINY, *overrides, cwd=bundle, launcher=launcher,
+        *module, "run", "--config_file", config, "--meta_file", "configs/metadata.json",
+        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--dataset_dir", str(dataset), *TINY,
+        *overrides, cwd=bundle, launcher=launcher,
     )  # fmt: skip
 
 
@@ -148,9 +150,10 @@ def radiographs(tmp_path_factory) -> dict[str, Path]:
     """One 72×56 phantom written as DICOM MONOCHROME1 (with rescale), PNG and NIfTI, in one folder."""
     folder = tmp_path_factory.mktemp("radiographs")
     sample = generate_radiograph(np.random.default_rng(7), size=(72, 56))
-    pixels = np.round(sample.image / sample.image.max() * 4095).astype(np.uint16)
-    write_dicom_cr(folder / "mono1.dcm", 4095 - pixels, photometric="MONOCHROME1", bits_stored=12,
-                   pixel_spacing=(0.3, 0.2), rescale_slope=2.0, rescale_intercept=-10.0)  # fmt: skip
+    pixels = sample.image.astype(np.uint16)  # already the quantised detector values
+    write_dicom_cr(folder / "mono1.dcm", (2**sample.bits_stored - 1) - pixels, photometric="MONOCHROME1",
+                   bits_stored=sample.bits_stored, pixel_spacing=(0.3, 0.2), rescale_slope=2.0,
+                   rescale_intercept=-10.0)  # fmt: skip
     write_png(folder / "plain.png", pixels, bit_depth=16)
     nib.save(nib.Nifti1Image(pixels.astype(np.float32), np.diag([0.5, 0.4, 1.0, 1.0])), folder / "volume2d.nii.gz")
     return {"mono1.dcm": folder / "mono1.dcm", "plain.png": folder / "plain.png", "nifti": folder / "volume2d.nii.gz"}
@@ -209,8 +212,7 @@ def test_shipped_weights_segment_new_generated_radiographs(tmp_path):
     rng = np.random.default_rng(2026)
     for index in range(6):
         sample = generate_radiograph(rng, size=(256, 256))
-        pixels = np.round(sample.image / sample.image.max() * 4095).astype(np.uint16)
-        write_png(tmp_path / f"xr_{index}.png", pixels, bit_depth=16)
+        write_png(tmp_path / f"xr_{index}.png", sample.image.astype(np.uint16), bit_depth=16)
         image = preprocessing({"image": str(tmp_path / f"xr_{index}.png")})["image"]
         with torch.no_grad():
             probabilities = torch.softmax(network(image[None]), dim=1)

@@ -58,3 +58,16 @@ def test_groups_smaller_than_the_fold_count_are_spread_and_sizes_stay_even():
     assert sorted(case["id"] for fold in folds for case in fold) == list(range(9))
     for part in "abe":  # 3, 2 and 2 cases: never twice in one fold
         assert all(sum(case["body_part"] == part for case in fold) <= 1 for fold in folds)
+
+
+def test_folds_without_a_validation_section_pool_the_training_cases(datalist):
+    content = json.loads(datalist.read_text())
+    datalist.write_text(json.dumps({"training": content["training"]}))
+    split = training_split(datalist, num_folds=3, fold=0)
+    assert len(split["training"]) + len(split["validation"]) == 9
+
+
+def test_a_bad_validation_entry_is_reported_even_with_folds(datalist):
+    (datalist.parent / "xr_11.png").unlink()
+    with pytest.raises(InvalidInputError, match=r"xr_11\.png does not exist"):
+        training_split(datalist, num_folds=3, fold=0)

@@ -35,8 +35,12 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+try:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+except ImportError:  # pydicom 2 (MONAI Label's environment pins pydicom < 3)
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
 from common.data.atomic import atomic_target
 from common.errors import InvalidInputError

@@ -1,0 +1,1 @@
+"""MONAI Label tasks for the annotation-efficient bundles."""

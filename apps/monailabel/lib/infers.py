@@ -1,0 +1,221 @@
+"""MONAI Label infer tasks for the project's bundles."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.transforms import LoadImage, SaveImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
+from monailabel.transform.pre import LoadImageTensord
+
+from common.handlers.checkpoint import load_weights
+from common.label_server import (
+    Bundle,
+    drawn_slice_axis,
+    drawn_structure,
+    inference_options,
+    inference_overrides,
+    label_names,
+)
+
+from .client_errors import ReadInputsd, as_http_errors
+
+__all__ = ["BundleSegmentationTask", "DrawnSliceTask"]
+
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class BundleSegmentationTask(BundleInferTask):
+    """A bundle's ``configs/inference.json`` served as a MONAI Label segmentation task.
+
+    It reuses MONAI Label's ``BundleInferTask`` (the bundle's preprocessing, inferer and postprocessing, with
+    ``SaveImaged`` dropped and the prediction restored to the input's geometry) and changes what a user of
+    these bundles needs changed:
+
+    - a bundle without weights is still listed; its requests get 409 until it is trained;
+    - weights load strictly, a mismatch is an error naming the file (MONAI Label loads non-strictly);
+    - label names come from the config's ``label_names`` (the values the label map holds);
+    - a file that cannot be read, or any input error of the bundle, is a 422 naming the file;
+    - label maps are written as uint8, and as NIfTI when the input is DICOM, unless the request asks otherwise;
+    - the inference config's plain settings (numbers, flags, words: Sli2Vol's ``modality``, XNet's
+      ``bone_opening_size``) are infer options, listed in ``/info`` and set per request;
+    - a bundle whose evaluator passes extra inputs to its inferer (``prepare_batch`` with ``extra_keys``)
+      gets them here too.
+
+    Args:
+        bundle: the bundle (its working copy).
+        conf: the app's conf.
+        type: the MONAI Label task type.
+        dimension: 2 or 3; by default the length of the first input's ``spatial_shape`` in the metadata.
+    """
+
+    # settings the task sets itself for each request, never shown as options
+    per_request_settings: frozenset[str] = frozenset()
+
+    def __init__(self, bundle: Bundle, conf: dict, type: str = InferType.SEGMENTATION, dimension: int | None = None):
+        self.const = BundleConstants()
+        self.pre_filter, self.post_filter = None, [SaveImaged]
+        self.extend_load_image, self.dropout, self.add_post_restore = True, 0.0, True
+        self.name = bundle.name
+        self.bundle_path = str(bundle.path)
+        self.bundle_config_path = str(bundle.path / "configs" / "inference.json")
+        self.bundle_config = self._load_bundle_config(self.bundle_path, self.bundle_config_path)
+        self.bundle_config.config["use_click"] = False
+        metadata = json.loads((bundle.path / "configs" / "metadata.json").read_text())
+        self.key_image, image = next(iter(metadata["network_data_format"]["inputs"].items()))
+        self.key_pred, _ = next(iter(metadata["network_data_format"]["outputs"].items()))
+        configured = (
+            self.bundle_config.get_parsed_content("label_names") if "label_names" in self.bundle_config else None
+        )
+        BasicInferTask.__init__(
+            self,
+            path=str(bundle.path / "models" / "model.pt"),
+            network=None,
+            type=type,
+            labels=label_names(configured, metadata),
+            dimension=dimension or len(image.get("spatial_shape") or (0, 0, 0)),
+            description=metadata.get("description", ""),
+            load_strict=True,
+        )
+        self.valid, self.version = True, metadata.get("version")
+        self._lock = threading.Lock()
+        self._bundle_settings = copy.deepcopy(self.bundle_config.config)
+        self._config.update(inference_options(self._bundle_settings, self.per_request_settings))
+
+    def __call__(self, request, callbacks=None):
+        with self._lock, as_http_errors(), tempfile.TemporaryDirectory() as scratch:
+            request = dict(request)
+            self._prepare(request, Path(scratch))
+            return super().__call__(request, callbacks)
+
+    def _prepare(self, request: dict, scratch: Path) -> None:
+        """Check the request and set per-request inputs and config values; ``scratch`` holds temporary files.
+
+        Every plain setting of the inference config (a number, flag or word such as Sli2Vol's ``modality`` or
+        XNet's ``bone_opening_size``) takes the request's value, or the bundle's own when the request has none.
+        """
+        chosen = inference_overrides(self._bundle_settings, request, self.per_request_settings)
+        defaults = inference_overrides(self._bundle_settings, self._bundle_settings, self.per_request_settings)
+        for name, value in {**defaults, **chosen}.items():
+            self.bundle_config[name] = value
+
+    def pre_transforms(self, data=None):
+        return [ReadInputsd(t, t.keys) if isinstance(t, LoadImageTensord) else t for t in super().pre_transforms(data)]
+
+    def run_pre_transforms(self, data, transforms):
+        return self._without_image_path(
+            data, lambda d: super(BundleSegmentationTask, self).run_pre_transforms(d, transforms)
+        )
+
+    def run_post_transforms(self, data, transforms):
+        return self._without_image_path(
+            data, lambda d: super(BundleSegmentationTask, self).run_post_transforms(d, transforms)
+        )
+
+    @staticmethod
+    def _without_image_path(data, run):
+        """Run transforms with MONAI Label's ``image_path`` (a string) set aside: MONAI's ``Spacingd`` updates
+        every ``image_*`` key of a NIfTI input as a metadata dict and fails on it."""
+        path = data.pop("image_path", None)
+        data = run(data)
+        if path is not None:
+            data["image_path"] = path
+        return data
+
+    def _get_network(self, device, data):
+        weights = Path(self.path[0])
+        if not weights.is_file():
+            raise HTTPException(
+                status_code=409,
+                detail=f"model {self.name} has no weights yet ({weights}): train it first (POST /train/{self.name}) "
+                "or copy trained weights there",
+            )
+        modified = weights.stat().st_mtime
+        cached = self._networks.get(device)
+        if cached and cached[1] == modified:
+            return cached[0]
+        network = copy.deepcopy(self.bundle_config.get_parsed_content("network_def"))
+        network = load_weights(network, weights).to(torch.device(device)).eval()
+        self._networks[device] = (network, modified)
+        return network
+
+    def _extra_input_keys(self) -> list[str]:
+        prepare_batch = self.bundle_config.get("prepare_batch") or {}
+        keys = prepare_batch.get("extra_keys", []) if isinstance(prepare_batch, dict) else []
+        return [keys] if isinstance(keys, str) else list(keys)
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        extra_keys = self._extra_input_keys()
+        if not extra_keys:
+            return super().run_inferer(data, convert_to_batch, device)
+        network = self._get_network(device, data)
+        inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
+        extras = [torch.as_tensor(data[key])[None].to(torch.device(device)) for key in extra_keys]
+        with torch.no_grad():
+            outputs = self.inferer(data)(inputs, network, *extras)
+        data[self.output_label_key] = outputs[0]
+        return data
+
+    def writer(self, data, extension=None, dtype=None):
+        if extension is None and not data.get("result_extension"):
+            image = str(data.get("image_path") or data.get("image") or "")
+            extension = ".nii.gz" if image.lower().endswith(_DICOM_SUFFIXES) else None
+        if dtype is None and not data.get("result_dtype"):
+            dtype = "uint8"
+        return super().writer(data, extension, dtype)
+
+
+class DrawnSliceTask(BundleSegmentationTask):
+    """A bundle that turns the user's drawing into a 3D mask (Sli2Vol: one annotated slice -> the whole organ).
+
+    Served as a ``scribbles`` task: the client uploads the labelmap it drew as the ``label`` form field (3D
+    Slicer's scribbles mode does). The task finds the drawn slice and the direction it was drawn in (axial,
+    sagittal or coronal: the voxel axis across which the drawing is one slice; the bundle's ``axis`` when
+    several fit), runs the bundle's propagation with its verification, and returns the mask with the drawn
+    label values in the image's geometry. Request params ``axis`` and ``seed_slice`` choose them by hand.
+
+    From 3D Slicer (params ``label_info`` and ``selected_label_name``), the upload holds every segment: the
+    structure is the foreground scribbles, or else the selected segment, and the result (value 1) replaces the
+    selected segment; see :func:`common.label_server.drawn_structure`.
+    """
+
+    per_request_settings = frozenset({"axis", "seed_slice"})
+
+    def __init__(self, bundle: Bundle, conf: dict):
+        super().__init__(bundle, conf, type=InferType.SCRIBBLES, dimension=3)
+        self._default_axis = int(self.bundle_config.get("axis", 2))
+
+    def _prepare(self, request: dict, scratch: Path) -> None:
+        super()._prepare(request, scratch)
+        if not request.get("label"):
+            raise HTTPException(
+                status_code=422,
+                detail=f"model {self.name} needs the drawn slice: upload the labelmap holding one annotated slice "
+                "as the 'label' form field (3D Slicer: scribbles mode)",
+            )
+        source = f"label {request['label']}"
+        read_label = ReadInputsd(lambda data: LoadImage(image_only=True)(data["label"]), "label")
+        label = read_label({"label": request["label"]})
+        if request.get("label_info") and request.get("selected_label_name"):
+            structure = drawn_structure(
+                label.as_tensor(), request["label_info"], request["selected_label_name"], source
+            )
+            request["label"] = str(scratch / "drawn_structure.nii.gz")
+            nib.save(nib.Nifti1Image(structure.numpy(), np.asarray(label.affine, dtype=np.float64)), request["label"])
+            label = structure
+        if "axis" in request:
+            axis = int(request["axis"])
+        else:
+            axis = drawn_slice_axis(torch.as_tensor(label), preferred=self._default_axis, source=source)
+        self.bundle_config["axis"] = axis
+        self.bundle_config["seed_slice"] = int(request["seed_slice"]) if "seed_slice" in request else None

@@ -1,0 +1,291 @@
+"""End to end: a real MONAI Label server on 127.0.0.1 serving the bundles, driven over HTTP.
+
+The server runs in MONAI Label's own environment (``make label-env``); ``make test`` names its python in
+``LABEL_SERVER_PYTHON``. The bundles are served from working copies in a temporary folder, so neither the
+repository's bundles nor the user's MONAI Label state are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from common.data.radiograph_io import read_radiograph
+from common.data.synthetic_ct import generate_synthetic_ct
+from common.data.synthetic_xray import write_xray_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+LIVER = 1
+
+
+def _label_server_python() -> Path:
+    python = os.environ.get("LABEL_SERVER_PYTHON")
+    if not python:
+        pytest.skip("LABEL_SERVER_PYTHON is not set: run `make test` (it builds MONAI Label's environment)")
+    python = Path(python)
+    if not python.is_absolute():
+        python = REPO / python
+    assert python.exists(), f"LABEL_SERVER_PYTHON={python} does not exist; run `make label-env`"
+    return python
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A MONAI Label server process and its URL."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path, model_dir: Path) -> None:
+        self.process, self.url, self.log, self.model_dir = process, url, log, model_dir
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=300, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=600, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return requests.put(self.url + path, timeout=300, **kwargs)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A studies folder (3 CT volumes, 1 DICOM radiograph) and the true labels kept outside it."""
+    root = tmp_path_factory.mktemp("label_server_data")
+    studies, truth = root / "studies", root / "truth"
+    studies.mkdir()
+    truth.mkdir()
+    ct = root / "ct"
+    generate_synthetic_ct(ct, num_cases=3, shape=(64, 64, 32), spacing=(2.0, 2.0, 2.5), num_validation=1, num_test=1)
+    for index in range(3):
+        shutil.copy(ct / "imagesTr" / f"case_{index:03d}.nii.gz", studies / f"ct_{index:03d}.nii.gz")
+        shutil.copy(ct / "labelsTr" / f"case_{index:03d}.nii.gz", truth / f"ct_{index:03d}.nii.gz")
+    xray = root / "xray"
+    write_xray_dataset(xray, num_training=1, num_validation=0, num_test=0, size=(192, 160), seed=3)
+    shutil.copy(xray / "images" / "xr_000.dcm", studies / "xr_000.dcm")
+    shutil.copy(xray / "labels" / "xr_000.png", truth / "xr_000.png")
+    return {"root": root, "studies": studies, "truth": truth}
+
+
+@pytest.fixture(scope="module")
+def server(data) -> Server:
+    """Start the app on a free port of 127.0.0.1; stop it by its process id afterwards."""
+    python = _label_server_python()
+    port, root = _free_port(), data["root"]
+    model_dir, log = root / "working_copies", root / "server.log"
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "2"}
+    command = [str(python), str(REPO / "apps" / "monailabel" / "start.py"), "--studies", str(data["studies"])]
+    command += ["--port", str(port), "--conf", "model_dir", str(model_dir)]
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    running = Server(process, f"http://127.0.0.1:{port}", log, model_dir)
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, f"the server exited with {process.returncode}:\n{running.log_tail()}"
+            assert time.monotonic() < deadline, f"no answer from {running.url}/info/ in 180 s:\n{running.log_tail()}"
+            try:
+                if running.get("/info/").status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        yield running
+    finally:
+        running.stop()
+    assert process.returncode is not None
+
+
+def _nifti(response: requests.Response, path: Path, server: Server) -> nib.Nifti1Image:
+    assert response.status_code == 200, f"{response.text[:2000]}\n{server.log_tail()}"
+    path.write_bytes(response.content)
+    return nib.load(path)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _one_slice(label: np.ndarray, value: int, axis: int, new_value: int) -> tuple[np.ndarray, int]:
+    """A label map holding only the largest slice (along ``axis``) of structure ``value``, as ``new_value``."""
+    mask = label == value
+    areas = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+    index = int(np.argmax(areas))
+    drawn = np.zeros(label.shape, dtype=np.uint8)
+    selector = [slice(None)] * 3
+    selector[axis] = index
+    drawn[tuple(selector)] = mask[tuple(selector)] * new_value
+    return drawn, index
+
+
+def _save_like(array: np.ndarray, reference: Path, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(array, nib.load(reference).affine), path)
+    return path
+
+
+def test_info_lists_every_bundle_with_its_labels_and_task_type(server):
+    info = server.get("/info/").json()
+    models = info["models"]
+    assert set(models) == {"smile", "smiler", "sli2vol", "xnet"}
+    assert models["smile"]["labels"] == {"liver": 1, "pancreas": 2, "stomach": 3}
+    assert models["smiler"]["labels"] == {"liver": 1, "pancreas": 2, "stomach": 3}
+    assert models["xnet"]["labels"] == {"open_beam": 0, "soft_tissue": 1, "bone": 2, "collimator": 3}
+    assert models["xnet"]["dimension"] == 2 and models["smile"]["dimension"] == 3
+    assert models["sli2vol"]["type"] == "scribbles" and models["sli2vol"]["dimension"] == 3
+    assert models["sli2vol"]["labels"] == {}, "Sli2Vol returns the drawn values; it has no fixed classes"
+    assert models["sli2vol"]["config"]["modality"] == "MRI" and "axis" not in models["sli2vol"]["config"]
+    assert models["xnet"]["config"]["bone_opening_size"] == 3
+    assert models["smile"]["type"] == "segmentation"
+    assert set(info["trainers"]) == {"smile", "smiler", "sli2vol", "xnet"}
+    assert "round_epochs" in info["trainers"]["smiler"]["config"]
+    assert info["datastore"]["total"] == 4
+
+
+def test_xnet_segments_a_dicom_radiograph(server, data, tmp_path):
+    response = server.post("/infer/xnet?image=xr_000&output=image")
+    result = _nifti(response, tmp_path / "xr_000_seg.nii.gz", server)
+    image = read_radiograph(data["studies"] / "xr_000.dcm")
+    prediction = np.squeeze(np.asarray(result.dataobj))
+    truth = np.asarray(read_radiograph(data["truth"] / "xr_000.png").array)
+    assert prediction.shape == image.array.shape == truth.shape
+    assert result.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(np.abs(np.diag(result.affine))[:2], np.abs(np.diag(image.affine))[:2], rtol=1e-4)
+    assert set(np.unique(prediction)) <= {0, 1, 2, 3}
+    accuracy = float((prediction == truth).mean())
+    assert accuracy > 0.85, f"pixel accuracy {accuracy:.3f} against the generated truth"
+
+
+def test_sli2vol_propagates_one_drawn_slice_through_the_volume(server, data, tmp_path):
+    image, truth_file = data["studies"] / "ct_001.nii.gz", data["truth"] / "ct_001.nii.gz"
+    truth = np.asarray(nib.load(truth_file).dataobj)
+    drawn, index = _one_slice(truth, LIVER, axis=2, new_value=5)
+    upload = _save_like(drawn, truth_file, tmp_path / "drawn.nii.gz")
+    with upload.open("rb") as label:
+        params = json.dumps({"modality": "CT"})
+        response = server.post(
+            "/infer/sli2vol?image=ct_001&output=image", files={"label": label}, data={"params": params}
+        )
+    result = _nifti(response, tmp_path / "propagated.nii.gz", server)
+    mask = np.asarray(result.dataobj)
+    assert mask.shape == truth.shape
+    np.testing.assert_allclose(result.affine, nib.load(image).affine, atol=1e-4)
+    assert set(np.unique(mask)) == {0, 5}
+    np.testing.assert_array_equal(mask[..., index], drawn[..., index])
+    assert (mask.reshape(-1, mask.shape[2]).any(axis=0)).sum() >= 3, "the mask should reach beyond the drawn slice"
+    dice = _dice(mask == 5, truth == LIVER)
+    assert dice > 0.75, f"Dice {dice:.3f} of the propagated liver (CT intensity scaling)"
+
+
+def test_sli2vol_takes_a_slicer_scribbles_request_drawn_in_another_view(server, data, tmp_path):
+    truth_file = data["truth"] / "ct_002.nii.gz"
+    truth = np.asarray(nib.load(truth_file).dataobj)
+    drawn, index = _one_slice(truth, LIVER, axis=0, new_value=2)  # painted as foreground scribbles
+    drawn[0, 0, 0] = 1  # a background scribble elsewhere, ignored
+    upload = _save_like(drawn, truth_file, tmp_path / "scribbles.nii.gz")
+    segments = [{"name": "background_scribbles", "id": 1}, {"name": "foreground_scribbles", "id": 2}]
+    params = {"label_info": [*segments, {"name": "liver", "id": 3}], "selected_label_name": "liver"}
+    params.update(result_extension=".nii.gz", result_dtype="uint8")
+    with upload.open("rb") as label:
+        response = server.post(
+            "/infer/sli2vol?image=ct_002&output=image", files={"label": label}, data={"params": json.dumps(params)}
+        )
+    mask = np.asarray(_nifti(response, tmp_path / "propagated.nii.gz", server).dataobj)
+    assert set(np.unique(mask)) == {0, 1}
+    np.testing.assert_array_equal(mask[index], drawn[index] == 2)
+    assert mask.any(axis=(1, 2)).sum() >= 3, "propagated across sagittal slices (axis 0)"
+    dice = _dice(mask == 1, truth == LIVER)
+    assert dice > 0.6, f"Dice {dice:.3f} of the liver propagated across sagittal slices"
+
+
+def _detail(response: requests.Response) -> str:
+    return str(response.json().get("detail"))
+
+
+def test_bad_requests_get_clear_client_errors(server, data, tmp_path):
+    response = server.post("/infer/no_such_model?image=ct_000")
+    assert response.status_code == 404 and "unknown model 'no_such_model'" in _detail(response)
+
+    response = server.post("/infer/sli2vol?image=ct_000&output=image")
+    assert response.status_code == 422 and "needs the drawn slice" in _detail(response)
+
+    wrong_shape = tmp_path / "wrong_shape.nii.gz"
+    drawn = np.zeros((40, 64, 32), dtype=np.uint8)
+    drawn[10:20, 10:20, 8] = 1
+    nib.save(nib.Nifti1Image(drawn, np.eye(4)), wrong_shape)
+    with wrong_shape.open("rb") as label:
+        response = server.post("/infer/sli2vol?image=ct_000&output=image", files={"label": label})
+    assert response.status_code == 422 and "shape (40, 64, 32) differs from the image" in _detail(response)
+
+    empty = _save_like(np.zeros((64, 64, 32), dtype=np.uint8), data["studies"] / "ct_000.nii.gz", tmp_path / "e.nii.gz")
+    with empty.open("rb") as label:
+        response = server.post("/infer/sli2vol?image=ct_000&output=image", files={"label": label})
+    assert response.status_code == 422 and "the drawn label is empty" in _detail(response)
+
+    not_an_image = tmp_path / "notes.nii.gz"
+    not_an_image.write_text("these are my notes, not an image")
+    expected = {"xnet": "not a readable NIfTI file", "smile": "as a medical image"}
+    for model, message in expected.items():
+        with not_an_image.open("rb") as upload:
+            response = server.post(f"/infer/{model}?output=image", files={"file": upload})
+        assert response.status_code == 422 and message in _detail(response), response.text[:2000]
+
+
+def test_smile_trains_from_final_labels_then_segments(server, data, tmp_path):
+    response = server.post("/infer/smile?image=ct_000&output=image")
+    assert response.status_code == 409 and "has no weights yet" in _detail(response)
+
+    for index in range(3):
+        with (data["truth"] / f"ct_{index:03d}.nii.gz").open("rb") as label:
+            response = server.put(f"/datastore/label?image=ct_{index:03d}&tag=final", files={"label": label})
+        assert response.status_code == 200, response.text[:2000]
+    source_weights = REPO / "bundles" / "smile" / "models" / "model.pt"
+    source_state = source_weights.stat().st_mtime_ns if source_weights.exists() else None
+
+    options = {"max_epochs": 1, "val_split": 0.34, "patch_size": [32, 32, 16], "batch_size": 1}
+    options.update(patches_per_volume=1, num_workers=0, cache_rate=0.0, device="cpu")
+    response = server.post("/train/smile", json=options)
+    assert response.status_code == 200, response.text[:2000]
+    deadline = time.monotonic() + 600
+    while (status := server.get("/train/").json())["status"] not in ("DONE", "ERROR"):
+        assert time.monotonic() < deadline, f"training still {status['status']} after 600 s"
+        time.sleep(2)
+    assert status["status"] == "DONE", "\n".join(status.get("details", [])[-40:])
+    weights = server.model_dir / "smile" / "models" / "model.pt"
+    assert weights.is_file(), server.log_tail()
+    runs = list((server.model_dir / "smile" / "eval" / "monailabel").iterdir())
+    assert len(runs) == 1 and (runs[0] / "checkpoint_last.pt").is_file()
+    assert (source_weights.stat().st_mtime_ns if source_weights.exists() else None) == source_state
+
+    response = server.post("/infer/smile?image=ct_000&output=image")
+    result = _nifti(response, tmp_path / "smile.nii.gz", server)
+    reference = nib.load(data["studies"] / "ct_000.nii.gz")
+    assert result.shape == reference.shape
+    np.testing.assert_allclose(result.affine, reference.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1, 2, 3}

@@ -1,0 +1,207 @@
+"""The MONAI Label app's logic that does not need MONAI Label: discovery, working copies, labels, training."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import InvalidInputError
+from common.label_server import (
+    discover_bundles,
+    drawn_slice_axis,
+    drawn_structure,
+    inference_options,
+    inference_overrides,
+    label_names,
+    reads_user_label,
+    sync_working_copy,
+    training_options,
+    training_overrides,
+)
+
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def _bundle(root: Path, name: str, inference: dict | None = None, train: dict | None = None) -> Path:
+    configs = root / name / "configs"
+    configs.mkdir(parents=True)
+    (configs / "metadata.json").write_text("{}")
+    if inference is not None:
+        (configs / "inference.json").write_text(json.dumps(inference))
+    if train is not None:
+        (configs / "train.json").write_text(json.dumps(train))
+    return root / name
+
+
+def test_discover_bundles_finds_every_project_bundle():
+    found = {bundle.name: bundle for bundle in discover_bundles(BUNDLES)}
+    assert set(found) >= {"smile", "smiler", "sli2vol", "xnet"}
+    assert all(bundle.can_infer and bundle.can_train for bundle in found.values())
+
+
+def test_discover_bundles_skips_folders_without_configs_and_filters_names(tmp_path):
+    _bundle(tmp_path, "a", inference={})
+    _bundle(tmp_path, "b", train={})
+    (tmp_path / "notes").mkdir()
+    _bundle(tmp_path, "metadata_only")
+    assert [b.name for b in discover_bundles(tmp_path)] == ["a", "b"]
+    assert [(b.name, b.can_infer, b.can_train) for b in discover_bundles(tmp_path, ["b"])] == [("b", False, True)]
+    with pytest.raises(ValueError, match="no bundle named zzz; bundles found: a, b"):
+        discover_bundles(tmp_path, ["zzz"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        discover_bundles(tmp_path / "missing")
+
+
+def test_reads_user_label_only_for_the_propagation_bundle():
+    found = {bundle.name: bundle for bundle in discover_bundles(BUNDLES)}
+    assert reads_user_label(found["sli2vol"])
+    assert not any(reads_user_label(found[name]) for name in ("smile", "smiler", "xnet"))
+
+
+def test_sync_working_copy_refreshes_configs_and_never_overwrites_weights(tmp_path):
+    source = _bundle(tmp_path / "src", "net", inference={"v": 1})
+    (source / "models").mkdir()
+    (source / "models" / "model.pt").write_bytes(b"shipped")
+    (source / "LICENSE").write_text("license")
+    bundle = discover_bundles(tmp_path / "src")[0]
+
+    copy = sync_working_copy(bundle, tmp_path / "work")
+    assert copy.path == tmp_path / "work" / "net"
+    assert (copy.path / "models" / "model.pt").read_bytes() == b"shipped"
+    assert (copy.path / "LICENSE").read_text() == "license"
+
+    (copy.path / "models" / "model.pt").write_bytes(b"trained in MONAI Label")
+    (source / "configs" / "inference.json").write_text(json.dumps({"v": 2}))
+    sync_working_copy(bundle, tmp_path / "work")
+    assert (copy.path / "models" / "model.pt").read_bytes() == b"trained in MONAI Label"
+    assert json.loads((copy.path / "configs" / "inference.json").read_text()) == {"v": 2}
+    assert (source / "models" / "model.pt").read_bytes() == b"shipped"
+    assert not list((copy.path).rglob(".partial-*"))
+
+
+def test_sync_working_copy_of_a_bundle_without_weights(tmp_path):
+    shutil.copytree(BUNDLES / "smile" / "configs", tmp_path / "src" / "smile" / "configs")
+    copy = sync_working_copy(discover_bundles(tmp_path / "src")[0], tmp_path / "work")
+    assert (copy.path / "configs" / "train.json").is_file()
+    assert not (copy.path / "models").exists()
+
+
+def test_label_names_prefer_the_configured_values():
+    metadata = {"network_data_format": {"outputs": {"pred": {"channel_def": {"0": "Background", "1": "Liver"}}}}}
+    assert label_names({"liver": 1, "pancreas": 2}, metadata) == {"liver": 1, "pancreas": 2}
+    assert label_names(None, metadata) == {"liver": 1}
+    assert label_names(None, {}) == {}
+
+
+def test_drawn_slice_axis_finds_the_view_the_user_drew_in():
+    label = torch.zeros(6, 7, 8)
+    label[2:4, 3, 1:5] = 1  # one coronal slice (axis 1)
+    assert drawn_slice_axis(label, preferred=2) == 1
+    label = torch.zeros(6, 7, 8)
+    label[2, 3, 4] = 2  # a single voxel: one slice along every axis, the bundle's axis wins
+    assert drawn_slice_axis(label, preferred=2) == 2
+    assert drawn_slice_axis(label, preferred=0) == 0
+
+
+def test_drawn_slice_axis_errors_name_the_file():
+    with pytest.raises(InvalidInputError, match=r"drawn\.nii\.gz: the drawn label is empty"):
+        drawn_slice_axis(torch.zeros(4, 4, 4), preferred=2, source="drawn.nii.gz")
+    label = torch.zeros(4, 4, 4)
+    label[0, 0, 0] = label[1, 1, 1] = 1
+    with pytest.raises(InvalidInputError, match=r"drawn\.nii\.gz: the labelled voxels span several slices"):
+        drawn_slice_axis(label, preferred=2, source="drawn.nii.gz")
+
+
+TRAIN = {
+    "bundle_root": ".",
+    "dataset_dir": "/data",
+    "epochs": 100,
+    "learning_rate": 0.001,
+    "batch_dice": False,
+    "selection": "confidence",
+    "patch_size": [64, 64, 32],
+    "num_classes": "$len(@class_names)",
+    "train": {"trainer": {"max_epochs": "@epochs"}},
+    "validate": {},
+}
+
+
+def test_training_options_are_the_plain_settings():
+    assert training_options(TRAIN) == {"learning_rate": 0.001, "batch_dice": False, "selection": "confidence"}
+
+
+INFERENCE = {"output_postfix": "seg", "modality": "MRI", "axis": 2, "verification": True, "ct_window": [-300, 400]}
+
+
+def test_inference_options_leave_out_files_lists_and_excluded_names():
+    assert inference_options(INFERENCE) == {"modality": "MRI", "axis": 2, "verification": True}
+    assert inference_options(INFERENCE, exclude=frozenset({"axis"})) == {"modality": "MRI", "verification": True}
+
+
+def test_inference_overrides_type_the_request_values():
+    request = {"modality": "CT", "verification": "false", "ct_window": [-100, 200], "output_postfix": "x", "other": 1}
+    overrides = inference_overrides(INFERENCE, request)
+    assert overrides == {"modality": "CT", "verification": False, "ct_window": [-100, 200]}
+    with pytest.raises(InvalidInputError, match="verification"):
+        inference_overrides(INFERENCE, {"verification": "maybe"})
+
+
+def test_training_overrides_map_max_epochs_and_options(tmp_path):
+    monailabel = {"train#trainer#max_epochs": 3, "train#dataset#data": [{"image": "a"}], "validate#dataset#data": [{}]}
+    request = {
+        "max_epochs": 3,
+        "learning_rate": "0.01",
+        "batch_dice": "true",
+        "bundle_root": "/x",
+        "patch_size": "[8,8,4]",
+    }
+    overrides = training_overrides(monailabel, TRAIN, request, tmp_path / "run")
+    assert "train#trainer#max_epochs" not in overrides
+    assert overrides["epochs"] == 3 and overrides["learning_rate"] == 0.01 and overrides["batch_dice"] is True
+    assert overrides["patch_size"] == [8, 8, 4]
+    assert overrides["output_dir"] == str(tmp_path / "run") and overrides["resume"] is False
+    assert "bundle_root" not in overrides
+    assert overrides["train#dataset#data"] == [{"image": "a"}]
+
+
+def test_training_overrides_keep_a_derived_epoch_count():
+    derived = {**TRAIN, "epochs": "$@schedule.total_epochs", "round_epochs": 30}
+    overrides = training_overrides({"train#trainer#max_epochs": 50}, derived, {"max_epochs": 5, "round_epochs": 2}, "r")
+    assert "epochs" not in overrides and "train#trainer#max_epochs" not in overrides
+    assert overrides["round_epochs"] == 2
+
+
+def test_training_overrides_refuse_bad_values_and_no_validation_image():
+    with pytest.raises(InvalidInputError, match="training option learning_rate: 'fast' is not a float"):
+        training_overrides({}, TRAIN, {"learning_rate": "fast"}, "r")
+    with pytest.raises(InvalidInputError, match=r"patch_size: .* is not a list of 3 numbers"):
+        training_overrides({}, TRAIN, {"patch_size": [32, 32]}, "r")
+    with pytest.raises(InvalidInputError, match="at least one validation image"):
+        training_overrides({"validate#dataset#data": []}, TRAIN, {}, "r")
+
+
+SLICER_SEGMENTS = [
+    {"name": "background_scribbles", "id": 1},
+    {"name": "foreground_scribbles", "id": 2},
+    {"name": "liver", "id": 3},
+]
+
+
+def test_drawn_structure_takes_foreground_scribbles_then_the_selected_segment():
+    label = torch.zeros(4, 4, 4)
+    label[0, 0, 1] = 1  # background scribble: ignored
+    label[1:3, 1:3, 1] = 3  # the liver segment (for example an earlier result)
+    assert drawn_structure(label, SLICER_SEGMENTS, "liver").sum() == 4
+    label[2, 2, 2] = 2  # painted as foreground scribbles: wins
+    structure = drawn_structure(label, SLICER_SEGMENTS, "liver")
+    assert structure.dtype == torch.uint8 and structure.sum() == 1 and structure[2, 2, 2] == 1
+
+
+def test_drawn_structure_errors_name_the_file_and_segment():
+    label = torch.zeros(4, 4, 4)
+    with pytest.raises(InvalidInputError, match=r"up\.nrrd: nothing is drawn in segment 'liver'"):
+        drawn_structure(label, SLICER_SEGMENTS, "liver", source="up.nrrd")
+    with pytest.raises(InvalidInputError, match=r"up\.nrrd: the selected segment 'spleen' is not among"):
+        drawn_structure(label, SLICER_SEGMENTS, "spleen", source="up.nrrd")

@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-$(LABEL_STAMP): apps/monailabel/requirements.txt pyproject.toml
+$(LABEL_STAMP): apps/monailabel/requirements.txt apps/monailabel/constraints.txt pyproject.toml
 	test -x $(LABEL_PY) || $(PYTHON) -m venv $(LABEL_VENV)
 	$(LABEL_PY) -m pip install -q --upgrade pip
 	$(LABEL_PY) -c "import torch" 2>/dev/null || $(LABEL_PY) -m pip install -q torch==2.13.0
-	$(LABEL_PY) -m pip install -q -r apps/monailabel/requirements.txt
+	$(LABEL_PY) -m pip install -q -r apps/monailabel/requirements.txt -c apps/monailabel/constraints.txt
 	$(LABEL_PY) -m pip install -q --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
 	$(LABEL_PY) -m pip install -q --no-deps -e .
 	# a torchvision stub (see apps/monailabel/shim): the PyPI wheel is CUDA-built and MONAI Label only imports it

@@ -15,6 +15,7 @@ the drawn labelmap; every other one a segmentation task.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -51,7 +52,7 @@ class AnnotationEfficientApp(MONAILabelApp):
             conf=conf,
             name="Annotation-efficient MONAI bundles",
             description="SMILE, SMILEr, XNet and Sli2Vol (draw one slice, get the organ)",
-            version="0.1.0",
+            version=importlib.metadata.version("annotation-efficient-bundles"),
         )
 
     def init_infers(self):

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import requests
 from common.data.radiograph_io import read_radiograph
 from common.data.synthetic_ct import generate_synthetic_ct
 from common.data.synthetic_xray import write_xray_dataset
+from common.label_server_launcher import LabelServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LIVER = 1
@@ -40,17 +38,11 @@ def _label_server_python() -> Path:
     return python
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
-    """A MONAI Label server process and its URL."""
+    """The server under test and the HTTP calls the tests make."""
 
-    def __init__(self, process: subprocess.Popen, url: str, log: Path, model_dir: Path) -> None:
-        self.process, self.url, self.log, self.model_dir = process, url, log, model_dir
+    def __init__(self, process: LabelServerProcess, model_dir: Path) -> None:
+        self.process, self.url, self.model_dir = process, process.url, model_dir
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=300, **kwargs)
@@ -62,16 +54,7 @@ class Server:
         return requests.put(self.url + path, timeout=300, **kwargs)
 
     def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        return self.process.log_tail()
 
 
 @pytest.fixture(scope="module")
@@ -96,31 +79,16 @@ def data(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def server(data) -> Server:
     """Start the app on a free port of 127.0.0.1; stop it by its process id afterwards."""
-    python = _label_server_python()
-    port, root = _free_port(), data["root"]
-    model_dir, log = root / "working_copies", root / "server.log"
-    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "2"}
-    command = [str(python), str(REPO / "apps" / "monailabel" / "start.py"), "--studies", str(data["studies"])]
-    command += ["--port", str(port), "--conf", "model_dir", str(model_dir)]
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    running = Server(process, f"http://127.0.0.1:{port}", log, model_dir)
-    deadline = time.monotonic() + 180
+    root, model_dir = data["root"], data["root"] / "working_copies"
+    env = {"MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "2"}
+    process = LabelServerProcess.start(
+        _label_server_python(), data["studies"], root / "server.log", conf={"model_dir": str(model_dir)}, env=env
+    )
     try:
-        while True:
-            assert process.poll() is None, f"the server exited with {process.returncode}:\n{running.log_tail()}"
-            assert time.monotonic() < deadline, f"no answer from {running.url}/info/ in 180 s:\n{running.log_tail()}"
-            try:
-                if running.get("/info/").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        yield running
+        yield Server(process, model_dir)
     finally:
-        running.stop()
-    assert process.returncode is not None
+        process.stop()
+    assert process.process.returncode is not None
 
 
 def _nifti(response: requests.Response, path: Path, server: Server) -> nib.Nifti1Image:
@@ -161,7 +129,7 @@ def test_info_lists_every_bundle_with_its_labels_and_task_type(server):
     assert models["sli2vol"]["type"] == "scribbles" and models["sli2vol"]["dimension"] == 3
     assert models["sli2vol"]["labels"] == {}, "Sli2Vol returns the drawn values; it has no fixed classes"
     assert models["sli2vol"]["config"]["modality"] == "MRI" and "axis" not in models["sli2vol"]["config"]
-    assert models["xnet"]["config"]["bone_opening_size"] == 3
+    assert models["xnet"]["config"]["bone_opening_size"] == 3 and "use_click" not in models["xnet"]["config"]
     assert models["smile"]["type"] == "segmentation"
     assert set(info["trainers"]) == {"smile", "smiler", "sli2vol", "xnet"}
     assert "round_epochs" in info["trainers"]["smiler"]["config"]

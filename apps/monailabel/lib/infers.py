@@ -59,8 +59,8 @@ class BundleSegmentationTask(BundleInferTask):
         dimension: 2 or 3; by default the length of the first input's ``spatial_shape`` in the metadata.
     """
 
-    # settings the task sets itself for each request, never shown as options
-    per_request_settings: frozenset[str] = frozenset()
+    # settings the task sets itself, never shown as options (use_click: MONAI Label's deepedit switch)
+    per_request_settings: frozenset[str] = frozenset({"use_click"})
 
     def __init__(self, bundle: Bundle, conf: dict, type: str = InferType.SEGMENTATION, dimension: int | None = None):
         self.const = BundleConstants()
@@ -189,7 +189,7 @@ class DrawnSliceTask(BundleSegmentationTask):
     selected segment; see :func:`common.label_server.drawn_structure`.
     """
 
-    per_request_settings = frozenset({"axis", "seed_slice"})
+    per_request_settings = BundleSegmentationTask.per_request_settings | {"axis", "seed_slice"}
 
     def __init__(self, bundle: Bundle, conf: dict):
         super().__init__(bundle, conf, type=InferType.SCRIBBLES, dimension=3)

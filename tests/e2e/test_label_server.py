@@ -225,30 +225,42 @@ def test_bad_requests_get_clear_client_errors(server, data, tmp_path):
         assert response.status_code == 422 and message in _detail(response), response.text[:2000]
 
 
-def test_smile_trains_from_final_labels_then_segments(server, data, tmp_path):
-    response = server.post("/infer/smile?image=ct_000&output=image")
-    assert response.status_code == 409 and "has no weights yet" in _detail(response)
-
+@pytest.fixture(scope="module")
+def final_labels(server, data) -> None:
+    """The true labels of the three CT volumes saved as final labels, as 3D Slicer's Submit Label does."""
     for index in range(3):
         with (data["truth"] / f"ct_{index:03d}.nii.gz").open("rb") as label:
             response = server.put(f"/datastore/label?image=ct_{index:03d}&tag=final", files={"label": label})
         assert response.status_code == 200, response.text[:2000]
-    source_weights = REPO / "bundles" / "smile" / "models" / "model.pt"
-    source_state = source_weights.stat().st_mtime_ns if source_weights.exists() else None
 
-    options = {"max_epochs": 1, "val_split": 0.34, "patch_size": [32, 32, 16], "batch_size": 1}
-    options.update(patches_per_volume=1, num_workers=0, cache_rate=0.0, device="cpu")
-    response = server.post("/train/smile", json=options)
+
+TINY_TRAINING = {"val_split": 0.34, "patch_size": [32, 32, 16], "batch_size": 1, "patches_per_volume": 1}
+TINY_TRAINING.update(num_workers=0, cache_rate=0.0, device="cpu")
+
+
+def _train(server: Server, model: str, options: dict) -> Path:
+    """Submit a training run as 3D Slicer does (asynchronous), wait for DONE; returns the run's folder."""
+    response = server.post(f"/train/{model}", json=options)
     assert response.status_code == 200, response.text[:2000]
     deadline = time.monotonic() + 600
     while (status := server.get("/train/").json())["status"] not in ("DONE", "ERROR"):
         assert time.monotonic() < deadline, f"training still {status['status']} after 600 s"
         time.sleep(2)
     assert status["status"] == "DONE", "\n".join(status.get("details", [])[-40:])
-    weights = server.model_dir / "smile" / "models" / "model.pt"
-    assert weights.is_file(), server.log_tail()
-    runs = list((server.model_dir / "smile" / "eval" / "monailabel").iterdir())
-    assert len(runs) == 1 and (runs[0] / "checkpoint_last.pt").is_file()
+    runs = sorted((server.model_dir / model / "eval" / "monailabel").iterdir())
+    assert runs, server.log_tail()
+    return runs[-1]
+
+
+def test_smile_trains_from_final_labels_then_segments(server, data, final_labels, tmp_path):
+    response = server.post("/infer/smile?image=ct_000&output=image")
+    assert response.status_code == 409 and "has no weights yet" in _detail(response)
+    source_weights = REPO / "bundles" / "smile" / "models" / "model.pt"
+    source_state = source_weights.stat().st_mtime_ns if source_weights.exists() else None
+
+    run = _train(server, "smile", {**TINY_TRAINING, "max_epochs": 1})
+    assert (run / "checkpoint_last.pt").is_file()
+    assert (server.model_dir / "smile" / "models" / "model.pt").is_file(), server.log_tail()
     assert (source_weights.stat().st_mtime_ns if source_weights.exists() else None) == source_state
 
     response = server.post("/infer/smile?image=ct_000&output=image")
@@ -257,3 +269,10 @@ def test_smile_trains_from_final_labels_then_segments(server, data, tmp_path):
     assert result.shape == reference.shape
     np.testing.assert_allclose(result.affine, reference.affine, atol=1e-4)
     assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_smiler_runs_a_relabeling_round_on_the_final_labels(server, final_labels):
+    options = {**TINY_TRAINING, "initial_epochs": 1, "num_rounds": 1, "round_epochs": 1}
+    run = _train(server, "smiler", options)
+    assert (run / "rounds.csv").is_file() and (run / "round_1" / "pseudo_labels.json").is_file()
+    assert (server.model_dir / "smiler" / "models" / "model.pt").is_file(), server.log_tail()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.data.atomic import atomic_target
@@ -30,6 +31,8 @@ __all__ = [
     "label_names",
     "plain_settings",
     "reads_user_label",
+    "remap_labels",
+    "segment_values",
     "setting_overrides",
     "sync_working_copy",
     "training_options",
@@ -159,6 +162,33 @@ def reads_user_label(bundle: Bundle, label_key: str = "label") -> bool:
 FOREGROUND_SCRIBBLES = "foreground_scribbles"
 
 
+def segment_values(label_info: list[dict] | None) -> dict[str, int]:
+    """Segment name -> value in a labelmap saved by 3D Slicer (its ``label_info``: ``id`` or ``idx`` per segment)."""
+    return {str(item.get("name")): int(item.get("id", item.get("idx", 0))) for item in label_info or []}
+
+
+def remap_labels(label: np.ndarray, saved: Mapping[str, int], wanted: Mapping[str, int], source: str) -> np.ndarray:
+    """A labelmap saved with one name -> value numbering, renumbered to a bundle's ``label_names``.
+
+    3D Slicer numbers saved segments 1, 2, ... in their order in the segmentation; a bundle needs its own values
+    (SMILE: liver 1, pancreas 2, stomach 3; XNet: open beam 0 ... collimator 3). Segments the bundle does not
+    know are dropped (0).
+
+    Raises:
+        InvalidInputError: none of the saved segments is a label of the bundle (the message lists both).
+    """
+    known = [name for name in saved if name in wanted]
+    if not known:
+        raise InvalidInputError(
+            f"{source}: none of its segments ({', '.join(saved) or 'none'}) is a label of this model "
+            f"({', '.join(wanted)}); name the segments as the model's labels"
+        )
+    remapped = np.zeros(label.shape, dtype=np.uint8)
+    for name in known:
+        remapped[label == saved[name]] = wanted[name]
+    return remapped
+
+
 def drawn_structure(
     label: torch.Tensor, label_info: list[dict], selected_label_name: str, source: str = "label"
 ) -> torch.Tensor:
@@ -179,7 +209,7 @@ def drawn_structure(
         InvalidInputError: the selected segment is not in ``label_info``, or neither it nor the foreground
             scribbles hold a voxel.
     """
-    values = {str(item.get("name")): int(item.get("id", item.get("idx", 0))) for item in label_info}
+    values = segment_values(label_info)
     if selected_label_name not in values:
         raise InvalidInputError(
             f"{source}: the selected segment {selected_label_name!r} is not among the uploaded segments "

@@ -227,10 +227,25 @@ def test_bad_requests_get_clear_client_errors(server, data, tmp_path):
 
 @pytest.fixture(scope="module")
 def final_labels(server, data) -> None:
-    """The true labels of the three CT volumes saved as final labels, as 3D Slicer's Submit Label does."""
+    """The true labels of the three CT volumes saved as final labels, as 3D Slicer's Submit Label does.
+
+    ct_002's is saved the way Slicer numbers segments (in their order in the segmentation: here stomach 1,
+    liver 2, pancreas 3), with its ``label_info``; the trainer must renumber it to SMILE's values.
+    """
+    slicer_order = [{"name": "stomach", "idx": 1}, {"name": "liver", "idx": 2}, {"name": "pancreas", "idx": 3}]
     for index in range(3):
-        with (data["truth"] / f"ct_{index:03d}.nii.gz").open("rb") as label:
-            response = server.put(f"/datastore/label?image=ct_{index:03d}&tag=final", files={"label": label})
+        label_file, params = data["truth"] / f"ct_{index:03d}.nii.gz", {}
+        if index == 2:
+            truth = np.asarray(nib.load(label_file).dataobj)
+            permuted = np.choose(truth, [0, 2, 3, 1]).astype(np.uint8)  # liver 1 -> 2, pancreas 2 -> 3, stomach 3 -> 1
+            label_file = _save_like(permuted, label_file, data["root"] / "ct_002_slicer_order.nii.gz")
+            params = {"label_info": slicer_order}
+        with label_file.open("rb") as label:
+            response = server.put(
+                f"/datastore/label?image=ct_{index:03d}&tag=final",
+                files={"label": label},
+                data={"params": json.dumps(params)},
+            )
         assert response.status_code == 200, response.text[:2000]
 
 
@@ -260,6 +275,11 @@ def test_smile_trains_from_final_labels_then_segments(server, data, final_labels
 
     run = _train(server, "smile", {**TINY_TRAINING, "max_epochs": 1})
     assert (run / "checkpoint_last.pt").is_file()
+    renumbered = nib.load(run / "labels" / "ct_002.nii.gz")
+    truth = nib.load(data["truth"] / "ct_002.nii.gz")
+    np.testing.assert_array_equal(np.asarray(renumbered.dataobj), np.asarray(truth.dataobj))
+    np.testing.assert_allclose(renumbered.affine, truth.affine, atol=1e-4)
+    assert not (run / "labels" / "ct_000.nii.gz").exists(), "labels saved without label_info are used as saved"
     assert (server.model_dir / "smile" / "models" / "model.pt").is_file(), server.log_tail()
     assert (source_weights.stat().st_mtime_ns if source_weights.exists() else None) == source_state
 

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,8 @@ from common.label_server import (
     inference_overrides,
     label_names,
     reads_user_label,
+    remap_labels,
+    segment_values,
     sync_working_copy,
     training_options,
     training_overrides,
@@ -205,3 +208,25 @@ def test_drawn_structure_errors_name_the_file_and_segment():
         drawn_structure(label, SLICER_SEGMENTS, "liver", source="up.nrrd")
     with pytest.raises(InvalidInputError, match=r"up\.nrrd: the selected segment 'spleen' is not among"):
         drawn_structure(label, SLICER_SEGMENTS, "spleen", source="up.nrrd")
+
+
+def test_segment_values_read_either_key():
+    assert segment_values([{"name": "liver", "idx": 2}, {"name": "bone", "id": 1}]) == {"liver": 2, "bone": 1}
+    assert segment_values(None) == {}
+
+
+def test_remap_labels_renumbers_by_segment_name():
+    saved = np.array([[0, 1, 2], [3, 4, 1]])  # Slicer: stomach 1, liver 2, pancreas 3, notes 4
+    order = {"stomach": 1, "liver": 2, "pancreas": 3, "notes": 4}
+    remapped = remap_labels(saved, order, {"liver": 1, "pancreas": 2, "stomach": 3}, "l.nii.gz")
+    np.testing.assert_array_equal(remapped, [[0, 3, 1], [2, 0, 3]])
+    assert remapped.dtype == np.uint8
+    xnet = remap_labels(
+        saved, {"open_beam": 1, "soft_tissue": 2, "bone": 3}, {"open_beam": 0, "soft_tissue": 1, "bone": 2}, "x"
+    )
+    np.testing.assert_array_equal(xnet, [[0, 0, 1], [2, 0, 0]])
+
+
+def test_remap_labels_refuses_a_label_with_no_known_segment():
+    with pytest.raises(InvalidInputError, match=r"l\.nii\.gz: none of its segments \(tumour\) is a label"):
+        remap_labels(np.ones((2, 2)), {"tumour": 1}, {"liver": 1}, "l.nii.gz")

@@ -61,15 +61,11 @@ def stratified_folds(cases: Sequence[dict], num_folds: int, seed: int = 0, group
     by_group: dict[str, list[dict]] = {}
     for case in cases:
         by_group.setdefault(str(case.get(group_key, "")), []).append(case)
-    folds: list[list] = [[] for _ in range(num_folds)]
-    position = 0
+    ordered = []
     for group in sorted(by_group):
-        members = by_group[group]
-        rng.shuffle(members)
-        for case in members:
-            folds[position % num_folds].append(case)
-            position += 1
-    return folds
+        rng.shuffle(by_group[group])
+        ordered += by_group[group]
+    return [ordered[fold::num_folds] for fold in range(num_folds)]
 
 
 def balanced_sample_weights(cases: Sequence[dict], group_key: str = "body_part") -> list[float]:

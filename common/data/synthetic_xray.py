@@ -71,7 +71,6 @@ class RadiographSample:
         image: float32 detector values, integers in ``[0, 2**bits_stored - 1]``; more dose is brighter.
         label: uint8 classes of ``CLASS_NAMES``: 0 open beam, 1 soft tissue, 2 bone, 3 collimator.
         transmission: float32 noise-free primary transmission in (0, 1]: exactly 1 where the ray crosses no object.
-        exposed: bool, True inside the collimator opening (everywhere when there is no collimator).
         body_part: a key of ``BODY_PART_FREQUENCIES``.
         pixel_spacing: (row, column) spacing in mm.
         bits_stored: 12, 14 or 16.
@@ -80,10 +79,14 @@ class RadiographSample:
     image: np.ndarray
     label: np.ndarray
     transmission: np.ndarray
-    exposed: np.ndarray
     body_part: str
     pixel_spacing: tuple[float, float]
     bits_stored: int
+
+    @property
+    def exposed(self) -> np.ndarray:
+        """bool, True inside the collimator opening (everywhere when there is no collimator)."""
+        return self.label != COLLIMATOR
 
 
 def generate_radiograph(
@@ -122,7 +125,7 @@ def generate_radiograph(
     bits_stored = int(rng.choice(BITS_STORED))
     quanta = _expected_quanta(transmission, exposed, detector_x, detector_y, spacing, rng)
     image = _read_out(quanta, bits_stored, rng)
-    return RadiographSample(image, label, transmission, exposed, name, (spacing, spacing), bits_stored)
+    return RadiographSample(image, label, transmission, name, (spacing, spacing), bits_stored)
 
 
 def sample_body_part(rng: np.random.Generator) -> str:

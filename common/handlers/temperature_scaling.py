@@ -82,8 +82,13 @@ class TemperatureScaling:
         self.labels: list[torch.Tensor] = []
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.fit)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the sampled pixels (each evaluator run fits on its own outputs)."""
+        self.logits, self.labels = [], []
 
     def collect(self, engine: Engine) -> None:
         outputs = engine.state.output
@@ -92,15 +97,15 @@ class TemperatureScaling:
 
     def add(self, logits: torch.Tensor, label: torch.Tensor) -> None:
         """Sample pixels of one image: ``logits`` (C, *spatial), ``label`` (1, *spatial) or (*spatial)."""
-        logits = torch.as_tensor(logits).detach().float().cpu().flatten(1).T
-        label = torch.as_tensor(label).detach().cpu().reshape(-1)
-        keep = torch.randperm(len(label), generator=self.generator)[: self.pixels_per_image]
-        self.logits.append(logits[keep])
-        self.labels.append(label[keep])
+        label = torch.as_tensor(label).detach().reshape(-1)
+        logits = torch.as_tensor(logits).detach().flatten(1)
+        keep = torch.randperm(len(label), generator=self.generator)[: self.pixels_per_image]  # selected before copying
+        self.logits.append(logits[:, keep.to(logits.device)].T.float().cpu())
+        self.labels.append(label[keep.to(label.device)].cpu())
 
     def fit(self, engine: Engine | None = None) -> float:
         """Fit, set and save the temperature; returns it."""
-        logits, labels = torch.cat(self.logits), torch.cat(self.labels).long()
+        logits, labels = torch.cat(self.logits).double(), torch.cat(self.labels).long()
         module = unwrap(self.network)
         previous = float(module.temperature)
         scale = fit_temperature(logits, labels)
@@ -112,8 +117,8 @@ class TemperatureScaling:
             "previous_temperature": previous,
             "temperature": temperature,
             "pixels": len(labels),
-            "nll_before": float(functional.cross_entropy(logits.double(), labels)),
-            "nll_after": float(functional.cross_entropy(logits.double() / scale, labels)),
+            "nll_before": float(functional.cross_entropy(logits, labels)),
+            "nll_after": float(functional.cross_entropy(logits / scale, labels)),
         }
         write_json(report, self.report_path)
         logger.info(

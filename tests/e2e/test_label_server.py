@@ -88,7 +88,6 @@ def server(data) -> Server:
         yield Server(process, model_dir)
     finally:
         process.stop()
-    assert process.process.returncode is not None
 
 
 def _nifti(response: requests.Response, path: Path, server: Server) -> nib.Nifti1Image:

@@ -8,8 +8,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.transforms import LoadImage, SaveImaged
@@ -18,6 +16,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
+from common.data.writers import write_label_map
 from common.handlers.checkpoint import load_weights
 from common.label_server import (
     Bundle,
@@ -33,6 +32,12 @@ from .client_errors import ReadInputsd, as_http_errors
 __all__ = ["BundleSegmentationTask", "DrawnSliceTask"]
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _with_image_path(data: dict, path: str | None) -> dict:
+    if path is not None:
+        data["image_path"] = path
+    return data
 
 
 class BundleSegmentationTask(BundleInferTask):
@@ -90,6 +95,9 @@ class BundleSegmentationTask(BundleInferTask):
         self.valid, self.version = True, metadata.get("version")
         self._lock = threading.Lock()
         self._bundle_settings = copy.deepcopy(self.bundle_config.config)
+        self._default_settings = inference_overrides(
+            self._bundle_settings, self._bundle_settings, self.per_request_settings
+        )
         self._config.update(inference_options(self._bundle_settings, self.per_request_settings))
 
     def __call__(self, request, callbacks=None):
@@ -105,32 +113,21 @@ class BundleSegmentationTask(BundleInferTask):
         XNet's ``bone_opening_size``) takes the request's value, or the bundle's own when the request has none.
         """
         chosen = inference_overrides(self._bundle_settings, request, self.per_request_settings)
-        defaults = inference_overrides(self._bundle_settings, self._bundle_settings, self.per_request_settings)
-        for name, value in {**defaults, **chosen}.items():
+        for name, value in {**self._default_settings, **chosen}.items():
             self.bundle_config[name] = value
 
     def pre_transforms(self, data=None):
         return [ReadInputsd(t, t.keys) if isinstance(t, LoadImageTensord) else t for t in super().pre_transforms(data)]
 
+    # MONAI Label puts the input's path, a string, under ``image_path``; MONAI's ``Spacingd`` updates every
+    # ``image_*`` key of a NIfTI input as a metadata dict and fails on it, so transforms run without it.
     def run_pre_transforms(self, data, transforms):
-        return self._without_image_path(
-            data, lambda d: super(BundleSegmentationTask, self).run_pre_transforms(d, transforms)
-        )
+        path = data.pop("image_path", None)
+        return _with_image_path(super().run_pre_transforms(data, transforms), path)
 
     def run_post_transforms(self, data, transforms):
-        return self._without_image_path(
-            data, lambda d: super(BundleSegmentationTask, self).run_post_transforms(d, transforms)
-        )
-
-    @staticmethod
-    def _without_image_path(data, run):
-        """Run transforms with MONAI Label's ``image_path`` (a string) set aside: MONAI's ``Spacingd`` updates
-        every ``image_*`` key of a NIfTI input as a metadata dict and fails on it."""
         path = data.pop("image_path", None)
-        data = run(data)
-        if path is not None:
-            data["image_path"] = path
-        return data
+        return _with_image_path(super().run_post_transforms(data, transforms), path)
 
     def _get_network(self, device, data):
         weights = Path(self.path[0])
@@ -210,8 +207,7 @@ class DrawnSliceTask(BundleSegmentationTask):
             structure = drawn_structure(
                 label.as_tensor(), request["label_info"], request["selected_label_name"], source
             )
-            request["label"] = str(scratch / "drawn_structure.nii.gz")
-            nib.save(nib.Nifti1Image(structure.numpy(), np.asarray(label.affine, dtype=np.float64)), request["label"])
+            request["label"] = str(write_label_map(structure.numpy(), label.affine, scratch / "drawn_structure.nii.gz"))
             label = structure
         if "axis" in request:
             axis = int(request["axis"])

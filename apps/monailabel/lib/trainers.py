@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from common.data.writers import write_label_map
 from common.label_server import Bundle, remap_labels, segment_values, training_options, training_overrides
 
 __all__ = ["BundleTrainingTask"]
@@ -69,10 +69,7 @@ class BundleTrainingTask(BundleTrainTask):
         """The label renumbered to the bundle's values, as NIfTI with the saved file's affine, in the run folder."""
         label = LoadImage(image_only=True)(label_file)
         remapped = remap_labels(np.asarray(label), saved, self._label_names, label_file)
-        target = self._run_dir / "labels" / f"{image_id}.nii.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(remapped, np.asarray(label.affine, dtype=np.float64)), target)
-        return str(target)
+        return str(write_label_map(remapped, label.affine, self._run_dir / "labels" / f"{image_id}.nii.gz"))
 
     def _update_overrides(self, overrides):
         adjusted = training_overrides(overrides, self.bundle_config.config, self._request, self._run_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["as_flag"]
+__all__ = ["as_flag", "if_flag"]
 
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0")
@@ -29,3 +29,12 @@ def as_flag(value: object, name: str) -> bool:
     if text in _FALSE:
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def if_flag(value: object, name: str, items: list) -> list:
+    """``items`` when the yes/no setting ``value`` is true (see :func:`as_flag`), else an empty list.
+
+    For optional steps in a config's list of transforms or handlers:
+    ``"$@steps + common.settings.if_flag(@save_probabilities, 'save_probabilities', @saving_steps)"``.
+    """
+    return list(items) if as_flag(value, name) else []

@@ -3,6 +3,7 @@
 from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights, unwrap
 from common.handlers.classification_report import ClassificationReport
 from common.handlers.metrics import PartialLabelDice, per_class_dice
+from common.handlers.ranks import handlers_for_this_rank
 from common.handlers.temperature_scaling import TemperatureScaling, fit_temperature
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "WeightsLoader",
     "check_state_dict_fits",
     "fit_temperature",
+    "handlers_for_this_rank",
     "load_weights",
     "per_class_dice",
     "unwrap",

@@ -304,7 +304,15 @@ def test_several_files_for_one_image_are_refused(tmp_path):
         loader({"image": [str(tmp_path / "a.png"), str(tmp_path / "b.png")]})
 
 
-def test_radiograph_suffixes_are_the_ones_read(tmp_path):
+@pytest.mark.parametrize("suffix", RADIOGRAPH_SUFFIXES)
+def test_every_listed_suffix_is_read(tmp_path, suffix):
     assert {".dcm", ".png", ".tif", ".nii.gz"} <= set(RADIOGRAPH_SUFFIXES)
-    for suffix in RADIOGRAPH_SUFFIXES:
-        assert suffix == suffix.lower() and RadiographReader().verify_suffix(f"image{suffix}")
+    path = tmp_path / f"image{suffix}"
+    assert RadiographReader().verify_suffix(str(path)) and RadiographReader().verify_suffix(str(path).upper())
+    if suffix in (".dcm", ".dicom"):
+        write_dicom_cr(path, ASYMMETRIC.astype(np.float32))
+    elif suffix in (".nii", ".nii.gz"):
+        nib.save(nib.Nifti1Image(ASYMMETRIC.astype(np.float32), np.eye(4)), path)
+    else:
+        Image.fromarray(ASYMMETRIC.astype(np.uint8)).save(path)
+    assert read_radiograph(path).array.shape == ASYMMETRIC.shape

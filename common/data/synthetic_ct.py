@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.data.atomic import atomic_target
-from common.data.json_io import write_json
+from common.data.json_io import msd_datalist, write_json
 
 __all__ = ["ORGAN_LABELS", "generate_synthetic_ct", "make_phantom"]
 
@@ -529,22 +529,18 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def _datalist(names: Sequence[str], num_validation: int, num_test: int, generator: dict) -> dict:
     """The MSD-style ``dataset.json`` content: the first cases train, the last `num_test` test, validation between."""
     entries = [{"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"} for name in names]
-    num_training = len(names) - num_validation - num_test
-    return {
-        "name": "SyntheticAbdomenCT",
-        "description": "Synthetic contrast-enhanced abdominal CT phantoms (common.data.synthetic_ct): "
+    return msd_datalist(
+        "SyntheticAbdomenCT",
+        "Synthetic contrast-enhanced abdominal CT phantoms (common.data.synthetic_ct): "
         "deterministic by seed, Hounsfield units, with liver, pancreas and stomach labels.",
-        "modality": {"0": "CT"},
-        "labels": {str(index): name for index, name in ORGAN_LABELS.items()},
-        "numTraining": num_training,
-        "numValidation": num_validation,
-        "numTest": num_test,
-        "tensorImageSize": "3D",
-        "generator": generator,
-        "training": entries[:num_training],
-        "validation": entries[num_training : num_training + num_validation],
-        "test": entries[num_training + num_validation :],
-    }
+        "CT",
+        ORGAN_LABELS,
+        "3D",
+        entries,
+        num_validation,
+        num_test,
+        generator=generator,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from common.data.json_io import write_json
+from common.data.json_io import msd_datalist, write_json
 from common.data.radiograph_io import write_dicom_cr, write_png
 
 __all__ = [
@@ -177,19 +177,16 @@ def write_xray_dataset(
         _write_case(output_dir, index, size, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,))))
         for index in range(num_cases)
     ]
-    datalist = {
-        "name": "SyntheticXRay",
-        "description": "Synthetic limb radiographs (common.data.synthetic_xray) with labels exact by construction.",
-        "modality": {"0": "CR"},
-        "labels": {str(index): name for index, name in CLASS_NAMES.items()},
-        "numTraining": num_training,
-        "numValidation": num_validation,
-        "numTest": num_test,
-        "tensorImageSize": "2D",
-        "training": entries[:num_training],
-        "validation": entries[num_training : num_training + num_validation],
-        "test": entries[num_training + num_validation :],
-    }
+    datalist = msd_datalist(
+        "SyntheticXRay",
+        "Synthetic limb radiographs (common.data.synthetic_xray) with labels exact by construction.",
+        "CR",
+        CLASS_NAMES,
+        "2D",
+        entries,
+        num_validation,
+        num_test,
+    )
     return write_json(datalist, output_dir / "dataset.json")
 
 

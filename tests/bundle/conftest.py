@@ -38,6 +38,16 @@ def copy_bundle(name: str, destination: Path) -> Path:
     return target
 
 
+def patch_network_def(bundle: Path, configs: tuple[str, ...], **fields) -> Path:
+    """Set ``fields`` of ``network_def`` in each of ``configs`` of a bundle copy (e.g. smaller widths)."""
+    for config in configs:
+        path = bundle / "configs" / config
+        parsed = json.loads(path.read_text())
+        parsed["network_def"].update(fields)
+        path.write_text(json.dumps(parsed, indent=4))
+    return bundle
+
+
 def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: bool = True, launcher=()):
     """Run ``python -m <module> <args>`` in a fresh process; on failure show its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -15,6 +15,7 @@ from tests.bundle.conftest import (
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
+    patch_network_def,
     run_cli,
     verify_metadata_and_network,
 )
@@ -25,12 +26,9 @@ TINY_TRAIN = ["--crop_size", "[24,24]", "--pairs_per_volume", "2", "--num_worker
 
 def with_tiny_network(bundle: Path) -> Path:
     """Shrink the network of every config of a bundle copy (same architecture, widths 4 and 8)."""
-    for config in ("train.json", "inference.json", "evaluate.json"):
-        path = bundle / "configs" / config
-        parsed = json.loads(path.read_text())
-        parsed["network_def"].update(channels=[4, 8], feature_channels=8)
-        path.write_text(json.dumps(parsed, indent=4))
-    return bundle
+    return patch_network_def(
+        bundle, ("train.json", "inference.json", "evaluate.json"), channels=[4, 8], feature_channels=8
+    )
 
 
 @pytest.fixture(scope="module")

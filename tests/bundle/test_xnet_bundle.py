@@ -22,6 +22,7 @@ from tests.bundle.conftest import (
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
+    patch_network_def,
     run_cli,
     verify_metadata_and_network,
 )
@@ -33,12 +34,7 @@ MIN_SHIPPED_F1 = 0.90  # measured 0.933 on these six images
 
 def with_tiny_network(bundle: Path) -> Path:
     """Shrink the network of a bundle copy (same architecture, widths 4-16)."""
-    for config in ("train.json", "inference.json"):
-        path = bundle / "configs" / config
-        parsed = json.loads(path.read_text())
-        parsed["network_def"]["channels"] = TINY_WIDTHS
-        path.write_text(json.dumps(parsed, indent=4))
-    return bundle
+    return patch_network_def(bundle, ("train.json", "inference.json"), channels=TINY_WIDTHS)
 
 
 def train_cli(bundle: Path, dataset: Path, *overrides: str, config: str = "configs/train.json", launcher=()):

@@ -66,14 +66,17 @@ LABELS = {
 }
 
 
-def write_split(datalist: Path, output: Path, num_holdout: int, seed: int) -> None:
-    """Hold out ``num_holdout`` labelled cases ("validation"); the others' images (no labels) form "training"."""
+def write_split(datalist: Path, output: Path, num_holdout: int, num_validation: int, seed: int) -> None:
+    """Hold out ``num_holdout`` labelled cases ("test", the benchmark's); of the rest, ``num_validation`` labelled
+    cases validate during training ("validation") and the others' images, without labels, train ("training")."""
     entries = sorted(json.loads(datalist.read_text())["training"], key=lambda entry: entry["image"])
     random.Random(seed).shuffle(entries)
     holdout = sorted(entries[:num_holdout], key=lambda entry: entry["image"])
-    training = sorted(({"image": entry["image"]} for entry in entries[num_holdout:]), key=lambda e: e["image"])
-    write_json({"training": training, "validation": holdout}, output)
-    print(f"{output}: {len(training)} training images, {len(holdout)} held-out labelled volumes")
+    validation = sorted(entries[num_holdout : num_holdout + num_validation], key=lambda entry: entry["image"])
+    rest = entries[num_holdout + num_validation :]
+    training = sorted(({"image": entry["image"]} for entry in rest), key=lambda entry: entry["image"])
+    write_json({"training": training, "validation": validation, "test": holdout}, output)
+    print(f"{output}: {len(training)} training images, {len(validation)} validation and {len(holdout)} test volumes")
 
 
 def evaluate(method: str, args: argparse.Namespace) -> list[float]:
@@ -161,11 +164,12 @@ def main() -> None:
     split.add_argument("--datalist", type=Path, required=True)
     split.add_argument("--output", type=Path, required=True)
     split.add_argument("--num_holdout", type=int, default=10)
+    split.add_argument("--num_validation", type=int, default=3)
     split.add_argument("--seed", type=int, default=0)
     run = commands.add_parser("run", help="evaluate the methods and measure speed")
     run.add_argument("--dataset_dir", type=Path, required=True)
     run.add_argument("--datalist", type=Path, required=True)
-    run.add_argument("--datalist_key", default="validation")
+    run.add_argument("--datalist_key", default="test")
     run.add_argument("--ckpt_path", type=Path, default=BUNDLE / "models" / "model.pt")
     run.add_argument("--modality", default="MRI")
     run.add_argument("--output_dir", type=Path, default=REPO / "work" / "bench_sli2vol")
@@ -173,7 +177,7 @@ def main() -> None:
     run.add_argument("--speed_volumes", type=int, default=3, help="0 skips the speed measurement")
     args = parser.parse_args()
     if args.command == "split":
-        write_split(args.datalist, args.output, args.num_holdout, args.seed)
+        write_split(args.datalist, args.output, args.num_holdout, args.num_validation, args.seed)
         return
     args.dataset_dir, args.datalist, args.ckpt_path = (
         p.absolute() for p in (args.dataset_dir, args.datalist, args.ckpt_path)

@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     run_step(
         "8/10 Sli2Vol: propagate each test case's largest labelled slice through its volume (shipped weights)",
-        bundle_args(["evaluate.json"], work, "--output_dir", str(work / "sli2vol"), "--datalist_key", "test",
-                    "--num_classes", "3", "--modality", "CT", "--ct_window", "[-200,300]", "--save_predictions",
-                    "true", bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
+        bundle_args(["inference.json", "evaluate.json"], work, "--output_dir", str(work / "sli2vol"),
+                    "--datalist_key", "test", "--num_classes", "3", "--modality", "CT", "--ct_window", "[-200,300]",
+                    "--save_predictions", "true", bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
         logs / "sli2vol.log",
     )  # fmt: skip
     run_step(

@@ -1,8 +1,9 @@
-"""The annotated seed slice: checks on the user's annotation and on its geometry against the image."""
+"""The annotated seed slice(s): checks on the user's annotation and on its geometry against the image."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import itertools
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,13 +14,16 @@ from common.errors import InvalidInputError
 from common.transforms.partial_labels import case_path
 
 __all__ = [
+    "SEED_MODES",
     "AnnotatedSeedd",
     "LargestSliceSeedd",
     "annotated_slices",
     "check_same_geometry",
     "keep_slice",
+    "keep_slices",
     "largest_area_slice",
     "seed_slice_index",
+    "seed_slice_indices",
     "slice_area",
 ]
 
@@ -40,6 +44,9 @@ def largest_area_slice(label: torch.Tensor, axis: int) -> int:
     return int(torch.argmax(slice_area(label, axis)))
 
 
+SEED_MODES = ("one", "all")
+
+
 def seed_slice_index(label: torch.Tensor, axis: int, seed_slice: int | None = None, source: str = "label") -> int:
     """The annotated slice to propagate from, with a clear error for every unusable annotation.
 
@@ -51,21 +58,16 @@ def seed_slice_index(label: torch.Tensor, axis: int, seed_slice: int | None = No
 
     Raises:
         InvalidInputError: axis or seed_slice out of range, no labelled voxel, the chosen slice empty, or
-            annotations on several slices when seed_slice is None (the message lists them).
+            annotations on several slices when seed_slice is None (the message lists them and offers
+            ``seeds=all``).
     """
-    if not 0 <= axis < label.ndim:
-        raise InvalidInputError(
-            f"{source}: axis {axis} is out of range for a {label.ndim}D volume (0..{label.ndim - 1})"
-        )
+    slices = _annotated_in_range(label, axis, source)
     depth = label.shape[axis]
     if seed_slice is not None and not 0 <= seed_slice < depth:
         raise InvalidInputError(
             f"{source}: seed_slice {seed_slice} is out of range: the volume has {depth} slices along axis {axis} "
             f"(0..{depth - 1})"
         )
-    slices = annotated_slices(label, axis)
-    if not slices:
-        raise InvalidInputError(f"{source}: the annotation has no labelled voxel; label one slice of the structure")
     if seed_slice is not None:
         if seed_slice not in slices:
             raise InvalidInputError(
@@ -75,9 +77,53 @@ def seed_slice_index(label: torch.Tensor, axis: int, seed_slice: int | None = No
     if len(slices) > 1:
         raise InvalidInputError(
             f"{source}: labelled voxels on {len(slices)} slices along axis {axis} ({_short_list(slices)}); "
-            "annotate a single slice, or choose one with seed_slice=N (and the slice direction with axis=A)"
+            "to propagate from all of them pass seeds=all, or annotate a single slice, or choose one with "
+            "seed_slice=N (and the slice direction with axis=A)"
         )
     return slices[0]
+
+
+def seed_slice_indices(label: torch.Tensor, axis: int, source: str = "label") -> list[int]:
+    """The annotated slices of a several-slice annotation (``seeds=all``), checked.
+
+    Every annotated slice must be drawn across ``axis``: two annotated slices side by side along ``axis`` are
+    what a drawing in another view (or a 3D label) looks like, and are refused.
+
+    Args:
+        label: (H, W, D) annotation.
+        axis: spatial axis of the slices.
+        source: the file name, for the errors.
+
+    Raises:
+        InvalidInputError: axis out of range, no labelled voxel, a single annotated slice, or adjacent
+            annotated slices.
+    """
+    slices = _annotated_in_range(label, axis, source)
+    if len(slices) == 1:
+        raise InvalidInputError(
+            f"{source}: seeds=all needs two or more annotated slices along axis {axis}, found one (slice "
+            f"{slices[0]}); annotate more slices, or leave seeds at 'one'"
+        )
+    adjacent = [(first, second) for first, second in itertools.pairwise(slices) if second == first + 1]
+    if adjacent:
+        raise InvalidInputError(
+            f"{source}: labelled voxels on adjacent slices {adjacent[0][0]} and {adjacent[0][1]} along axis {axis}: "
+            f"annotated slices must all be drawn across axis {axis}, apart from each other; is one drawn in another "
+            "view (set axis=A for the view you drew in), or is this a 3D label?"
+        )
+    return slices
+
+
+def _annotated_in_range(label: torch.Tensor, axis: int, source: str) -> list[int]:
+    """The annotated slices along ``axis``, refusing an out-of-range axis and an empty annotation."""
+    if not 0 <= axis < label.ndim:
+        raise InvalidInputError(
+            f"{source}: axis {axis} is out of range for a {label.ndim}D volume (0..{label.ndim - 1})"
+        )
+    slices = annotated_slices(label, axis)
+    if not slices:
+        raise InvalidInputError(f"{source}: the annotation has no labelled voxel; label one slice of the structure")
+    return slices
 
 
 def check_same_geometry(image: torch.Tensor, label: torch.Tensor, image_source: str, label_source: str) -> None:
@@ -99,16 +145,18 @@ def check_same_geometry(image: torch.Tensor, label: torch.Tensor, image_source: 
 
 
 class AnnotatedSeedd(MapTransform):
-    """Check a user's one-slice annotation against its image and record the slice to propagate from.
+    """Check a user's annotation against its image and record the slice(s) to propagate from.
 
-    Keeps only the chosen slice of the label (when ``seed_slice`` picks one of several) and writes its index
-    to ``index_key``.
+    With ``seeds="one"`` the annotation is one slice (or ``seed_slice`` picks one of several, and the others are
+    dropped); with ``seeds="all"`` every annotated slice is a seed (:func:`seed_slice_indices`). Writes the
+    first seed's index to ``index_key``.
 
     Args:
         keys: the annotation key (one), channel-first (1, H, W, D).
         image_key: the image it must match in shape and affine.
         axis: spatial axis of the slices.
-        seed_slice: the slice to use; None requires exactly one annotated slice.
+        seed_slice: with ``seeds="one"``, the slice to use; None requires exactly one annotated slice.
+        seeds: ``"one"`` or ``"all"`` (:data:`SEED_MODES`).
         index_key: where the slice index goes.
     """
 
@@ -118,10 +166,15 @@ class AnnotatedSeedd(MapTransform):
         image_key: str = "image",
         axis: int = 2,
         seed_slice: int | None = None,
+        seeds: str = "one",
         index_key: str = "seed_index",
     ) -> None:
         super().__init__(keys)
-        self.image_key, self.axis, self.index_key = image_key, axis, index_key
+        if seeds not in SEED_MODES:
+            raise InvalidInputError(f"seeds must be one of {SEED_MODES}, got {seeds!r}")
+        if seeds == "all" and seed_slice is not None:
+            raise InvalidInputError(f"seed_slice={seed_slice} picks one slice: it cannot go with seeds=all")
+        self.image_key, self.axis, self.seeds, self.index_key = image_key, axis, seeds, index_key
         self.seed_slice = None if seed_slice is None else int(seed_slice)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -129,6 +182,9 @@ class AnnotatedSeedd(MapTransform):
         for key in self.key_iterator(result):
             label, image = result[key], result[self.image_key]
             check_same_geometry(image, label, case_path(result, self.image_key), case_path(result, key))
+            if self.seeds == "all":
+                result[self.index_key] = seed_slice_indices(label[0], self.axis, case_path(result, key))[0]
+                continue
             index = seed_slice_index(label[0], self.axis, self.seed_slice, case_path(result, key))
             result[key] = keep_slice(label, self.axis, index)
             result[self.index_key] = index
@@ -136,18 +192,41 @@ class AnnotatedSeedd(MapTransform):
 
 
 class LargestSliceSeedd(MapTransform):
-    """Evaluation protocol: the seed is the ground truth's slice with the largest labelled area.
+    """Evaluation protocol: seeds cut from the ground truth, by default its slice with the largest labelled area.
+
+    With ``positions``, the seeds are the slices at those fractions of the ground truth's extent along ``axis``
+    (0 its first labelled slice, 1 its last; ``[0.25, 0.5, 0.75]`` for three seeds), each rounded to the
+    nearest slice, duplicates dropped.
 
     Args:
         keys: the ground-truth key (one), channel-first (1, H, W, D); it is left as is.
         axis: spatial axis of the slices.
-        seed_key: where the one-slice seed annotation goes.
-        index_key: where the slice index goes.
+        positions: fractions of the labelled extent, each in [0, 1]; None: the largest-area slice.
+        seed_key: where the seed annotation goes (the ground truth on the seed slices, zero elsewhere).
+        index_key: where the first seed's index goes.
     """
 
-    def __init__(self, keys: KeysCollection = "label", axis: int = 2, seed_key: str = "seed", index_key="seed_index"):
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        axis: int = 2,
+        positions: Sequence[float] | None = None,
+        seed_key: str = "seed",
+        index_key: str = "seed_index",
+    ) -> None:
         super().__init__(keys)
+        if positions is not None and not all(0.0 <= float(p) <= 1.0 for p in positions):
+            raise ValueError(f"positions must be fractions in [0, 1], got {list(positions)}")
         self.axis, self.seed_key, self.index_key = axis, seed_key, index_key
+        self.positions = None if positions is None else [float(p) for p in positions]
+
+    def seed_indices(self, label: torch.Tensor) -> list[int]:
+        """The seed slices of an (H, W, D) ground truth with at least one labelled voxel."""
+        if self.positions is None:
+            return [largest_area_slice(label, self.axis)]
+        labelled = annotated_slices(label, self.axis)
+        first, last = labelled[0], labelled[-1]
+        return sorted({round(first + position * (last - first)) for position in self.positions})
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         result = dict(data)
@@ -155,17 +234,22 @@ class LargestSliceSeedd(MapTransform):
             label = result[key]
             if not bool((label > 0).any()):
                 raise InvalidInputError(f"{case_path(result, key)}: the ground truth has no labelled voxel")
-            index = largest_area_slice(label[0], self.axis)
-            result[self.seed_key] = keep_slice(label, self.axis, index)
-            result[self.index_key] = index
+            indices = self.seed_indices(label[0])
+            result[self.seed_key] = keep_slices(label, self.axis, indices)
+            result[self.index_key] = indices[0]
         return result
 
 
 def keep_slice(label: torch.Tensor, axis: int, index: int) -> torch.Tensor:
     """A copy of channel-first ``label`` (C, H, W, D) that is zero except on slice ``index`` along ``axis``."""
+    return keep_slices(label, axis, [index])
+
+
+def keep_slices(label: torch.Tensor, axis: int, indices: Sequence[int]) -> torch.Tensor:
+    """A copy of channel-first ``label`` (C, H, W, D) that is zero except on the slices ``indices`` along ``axis``."""
     kept = torch.zeros_like(label)
-    selector = [slice(None)] * label.ndim
-    selector[1 + axis] = index
+    selector: list = [slice(None)] * label.ndim
+    selector[1 + axis] = list(indices)
     kept[tuple(selector)] = label[tuple(selector)]
     return kept
 

@@ -105,8 +105,11 @@ def check_torchscript_export(
     return run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path).stdout.strip()
 
 
-def missing_workflow_properties(name: str, workflow_type: str, config: str, dataset: Path, tmp_path: Path) -> list:
-    """The required properties that a copy of bundle ``name``'s ``config`` lacks as a ``workflow_type`` workflow."""
+def missing_workflow_properties(
+    name: str, workflow_type: str, config: str, dataset: Path, tmp_path: Path, **overrides
+) -> list:
+    """The required properties that a copy of bundle ``name``'s ``config`` lacks as a ``workflow_type`` workflow
+    (``overrides``: config ids set as on the command line)."""
     bundle = copy_bundle(name, tmp_path)
     workflow = ConfigWorkflow(
         workflow_type=workflow_type,
@@ -116,6 +119,7 @@ def missing_workflow_properties(name: str, workflow_type: str, config: str, data
         bundle_root=str(bundle),
         dataset_dir=str(dataset),
         num_workers=0,
+        **overrides,
     )
     workflow.initialize()
     return workflow.check_properties()

@@ -12,7 +12,13 @@ from monai.transforms import LoadImaged
 from common.data.datalist import propagation_datalist
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
-from common.propagation import AnnotatedSeedd, LargestSliceSeedd, check_same_geometry, seed_slice_index
+from common.propagation import (
+    AnnotatedSeedd,
+    LargestSliceSeedd,
+    check_same_geometry,
+    seed_slice_index,
+    seed_slice_indices,
+)
 from common.transforms import CheckSegmentationInputd, RandSlicePairsd, modality_normalisation
 
 IMAGE_FILE, LABEL_FILE = "/data/case_03.nii.gz", "/data/case_03_seed.nii.gz"
@@ -41,7 +47,7 @@ def test_seed_on_several_slices_lists_them():
         seed_slice_index(_label([1, 4, 6]), axis=2, source="seed.nii.gz")
     message = str(error.value)
     assert message.startswith("seed.nii.gz: labelled voxels on 3 slices along axis 2 (1, 4, 6)")
-    assert "seed_slice" in message and "axis" in message
+    assert "seed_slice" in message and "axis" in message and "seeds=all" in message
 
 
 def test_seed_on_many_slices_shortens_the_list():
@@ -157,6 +163,52 @@ def test_largest_slice_seed():
     assert LargestSliceSeedd(axis=0)({"label": label})["seed_index"] == 2
     with pytest.raises(InvalidInputError, match=rf"^{re.escape(LABEL_FILE)}: the ground truth has no labelled voxel"):
         LargestSliceSeedd()({"label": _meta(torch.zeros(1, 4, 4, 4), LABEL_FILE)})
+
+
+def test_several_seeds_are_accepted_with_seeds_all():
+    assert seed_slice_indices(_label([1, 4, 6]), axis=2, source="seed.nii.gz") == [1, 4, 6]
+    image = _meta(torch.zeros(1, 6, 7, 8), IMAGE_FILE)
+    label = _label([2, 5], value=3)[None]
+    result = AnnotatedSeedd(seeds="all")({"image": image, "label": _meta(label.clone(), LABEL_FILE)})
+    assert result["seed_index"] == 2
+    assert torch.equal(result["label"].as_tensor(), label)  # every annotated slice is kept
+
+
+def test_seeds_all_with_one_slice_names_the_file():
+    with pytest.raises(InvalidInputError, match=r"^seed\.nii\.gz: seeds=all needs two or more annotated slices"):
+        seed_slice_indices(_label([3]), axis=2, source="seed.nii.gz")
+    image = _meta(torch.zeros(1, 6, 7, 8), IMAGE_FILE)
+    with pytest.raises(InvalidInputError, match=rf"^{re.escape(LABEL_FILE)}: seeds=all needs two or more"):
+        AnnotatedSeedd(seeds="all")({"image": image, "label": _meta(_label([3])[None], LABEL_FILE)})
+
+
+def test_seeds_drawn_in_another_view_are_refused():
+    # A coronal stroke across axial slices 2..5 plus an axial slice 7: along axis 2 the annotation is on adjacent
+    # slices, which no set of axial drawings gives.
+    label = _label([7])
+    label[1, 1:3, 2:6] = 1
+    with pytest.raises(
+        InvalidInputError, match=r"^seed\.nii\.gz: labelled voxels on adjacent slices 2 and 3 along axis 2"
+    ):
+        seed_slice_indices(label, axis=2, source="seed.nii.gz")
+
+
+def test_unknown_seeds_mode_and_seed_slice_with_all():
+    with pytest.raises(InvalidInputError, match="seeds must be one of"):
+        AnnotatedSeedd(seeds="some")
+    with pytest.raises(InvalidInputError, match="cannot go with seeds=all"):
+        AnnotatedSeedd(seeds="all", seed_slice=3)
+
+
+def test_seeds_at_fractions_of_the_ground_truth_extent():
+    label = torch.zeros(1, 6, 7, 21, dtype=torch.long)
+    label[0, 1:3, 1:3, 4:17] = 2  # labelled slices 4..16
+    result = LargestSliceSeedd(positions=[0.25, 0.5, 0.75])({"label": label})
+    assert torch.nonzero(result["seed"][0].sum((0, 1))).flatten().tolist() == [7, 10, 13]
+    assert result["seed_index"] == 7
+    assert torch.equal(result["seed"][..., 10], label[..., 10])
+    with pytest.raises(ValueError, match="fractions"):
+        LargestSliceSeedd(positions=[1.5])
 
 
 # --- the volume check, slice pairs and normalisation -----------------------------------------------------------

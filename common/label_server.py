@@ -6,6 +6,7 @@ functions in MONAI Label tasks, and the project's tests exercise them directly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from common.settings import as_flag
 __all__ = [
     "Bundle",
     "discover_bundles",
-    "drawn_slice_axis",
+    "drawn_seed_settings",
+    "drawn_slices",
     "drawn_structure",
     "inference_options",
     "inference_overrides",
@@ -220,35 +222,105 @@ def drawn_structure(
             return (label == values[name]).to(torch.uint8)
     raise InvalidInputError(
         f"{source}: nothing is drawn in segment {selected_label_name!r} or in the foreground scribbles; draw the "
-        "structure on one slice"
+        "structure on one slice (or on several slices of one view)"
     )
 
 
-def drawn_slice_axis(label: torch.Tensor, preferred: int, source: str = "label") -> int:
-    """The voxel axis across which the user's annotation lies on one slice.
+def drawn_slices(label: torch.Tensor, preferred: int, source: str = "label") -> tuple[int, list[int]]:
+    """The voxel axis the user drew across, and the drawn slices along it.
 
-    Slicer users draw in the axial, sagittal or coronal view, so a one-slice annotation may be one slice of
-    any axis. ``preferred`` (the bundle's ``axis``) wins when the annotation is one slice of several axes
-    (a line, a dot); otherwise the first such axis.
+    Slicer users draw in the axial, sagittal or coronal view, on one slice or on several slices of the same
+    view: the drawing then lies on one slice, or on several slices none of them adjacent, along one voxel
+    axis, and on runs of adjacent slices along the others (strokes of a 2D region). An axis fits when the
+    drawing lies there on one slice or on non-adjacent slices. When several axes fit (a line, a dot, dots far
+    apart), one slice wins over several (the drawing is read as one 2D stroke, as a one-slice client means
+    it), then ``preferred`` (the bundle's ``axis``), then the lowest axis.
 
     Args:
         label: (H, W, D) annotation, 0 = unlabelled.
         preferred: the bundle's slice axis.
         source: the file name, for the error.
 
+    Returns:
+        (axis, sorted indices of the drawn slices along it).
+
     Raises:
-        InvalidInputError: nothing is labelled, or the labelled voxels span several slices along every axis.
+        InvalidInputError: nothing is labelled, or along every axis the labelled voxels lie on adjacent slices
+            (strokes in two different views, or a 3D label).
     """
     coordinates = torch.nonzero(label)
     if coordinates.numel() == 0:
-        raise InvalidInputError(f"{source}: the drawn label is empty; draw the structure on one slice")
-    flat = [axis for axis in range(label.ndim) if coordinates[:, axis].unique().numel() == 1]
-    if not flat:
         raise InvalidInputError(
-            f"{source}: the labelled voxels span several slices along every axis; draw the structure on one slice "
-            'only (erase the others), or pass params {"seed_slice": N, "axis": A} to pick one'
+            f"{source}: the drawn label is empty; draw the structure on one slice (or on several slices of one view)"
         )
-    return preferred if preferred in flat else flat[0]
+    fits = {}
+    for axis in range(label.ndim):
+        slices = coordinates[:, axis].unique().tolist()
+        if all(second - first > 1 for first, second in itertools.pairwise(slices)):
+            fits[axis] = slices
+    if not fits:
+        raise InvalidInputError(
+            f"{source}: the drawing fits no view: along every axis the labelled voxels lie on adjacent slices "
+            "(strokes in two different views, or a 3D label?); draw the structure on one slice, or on several "
+            "slices of the same view with at least one slice between them, or pass "
+            'params {"seed_slice": N, "axis": A} to pick one slice'
+        )
+    axis = min(fits, key=lambda axis: (len(fits[axis]) > 1, axis != preferred, axis))
+    return axis, fits[axis]
+
+
+def drawn_seed_settings(
+    label: torch.Tensor,
+    request: Mapping,
+    preferred: int,
+    takes_several: bool,
+    source: str = "label",
+    model: str = "the model",
+) -> dict:
+    """The settings of the propagation bundle for one drawing: ``axis``, ``seed_slice`` and ``seeds``.
+
+    The axis and the drawn slices are found with :func:`drawn_slices`, unless the request names the ``axis``.
+    One drawn slice (or a request's ``seed_slice``, which picks one) propagates with ``seeds="one"``; several
+    with ``seeds="all"`` (the bundle then checks that none of them are adjacent along the axis).
+
+    Args:
+        label: (H, W, D) drawing, 0 = unlabelled.
+        request: the request's parameters; ``axis`` and ``seed_slice`` set the direction and the slice by hand.
+        preferred: the bundle's ``axis``.
+        takes_several: the bundle has a ``seeds`` setting (it propagates from several slices).
+        source: the file name, for the errors.
+        model: the model's name, for the errors.
+
+    Returns:
+        ``{"axis": A, "seed_slice": N or None, "seeds": "one" or "all"}``.
+
+    Raises:
+        InvalidInputError: see :func:`drawn_slices`; an ``axis`` or ``seed_slice`` that is not a whole number,
+            an axis out of range, or several drawn slices for a bundle that takes one.
+    """
+    chosen = {}
+    for name in ("axis", "seed_slice"):
+        if request.get(name) is not None:
+            try:
+                chosen[name] = int(request[name])
+            except (TypeError, ValueError) as error:
+                raise InvalidInputError(f"{name}: {request[name]!r} is not a whole number") from error
+    if "axis" in chosen:
+        axis = chosen["axis"]
+        if not 0 <= axis < label.ndim:
+            raise InvalidInputError(f"axis {axis} is out of range for a {label.ndim}D volume (0..{label.ndim - 1})")
+        slices = torch.nonzero(label)[:, axis].unique().tolist()
+    else:
+        axis, slices = drawn_slices(label, preferred, source)
+    if "seed_slice" in chosen or len(slices) <= 1:
+        return {"axis": axis, "seed_slice": chosen.get("seed_slice"), "seeds": "one"}
+    if not takes_several:
+        raise InvalidInputError(
+            f"{source}: drawn on {len(slices)} slices along axis {axis} ({', '.join(map(str, slices))}), but "
+            f"{model} propagates one drawn slice: draw the structure on one slice only, or pass "
+            'params {"seed_slice": N} to pick one'
+        )
+    return {"axis": axis, "seed_slice": None, "seeds": "all"}
 
 
 def _is_option(value: object) -> bool:

@@ -1,4 +1,4 @@
-"""MONAI Label app that serves the project's bundles, with Sli2Vol as "draw one slice, get the organ".
+"""MONAI Label app that serves the project's bundles, with Sli2Vol as "draw one slice (or a few), get the organ".
 
 Start it with ``make label-server STUDIES=<folder of images>`` (see README.md here). Options (``--conf name value``):
 
@@ -51,7 +51,7 @@ class AnnotationEfficientApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="Annotation-efficient MONAI bundles",
-            description="SMILE, SMILEr, XNet and Sli2Vol (draw one slice, get the organ)",
+            description="SMILE, SMILEr, XNet and Sli2Vol (draw one or a few slices, get the organ)",
             version=importlib.metadata.version("annotation-efficient-bundles"),
         )
 

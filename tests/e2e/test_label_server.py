@@ -127,7 +127,8 @@ def test_info_lists_every_bundle_with_its_labels_and_task_type(server):
     assert models["xnet"]["dimension"] == 2 and models["smile"]["dimension"] == 3
     assert models["sli2vol"]["type"] == "scribbles" and models["sli2vol"]["dimension"] == 3
     assert models["sli2vol"]["labels"] == {}, "Sli2Vol returns the drawn values; it has no fixed classes"
-    assert models["sli2vol"]["config"]["modality"] == "MRI" and "axis" not in models["sli2vol"]["config"]
+    assert models["sli2vol"]["config"]["modality"] == "MRI"
+    assert not {"axis", "seed_slice", "seeds"} & set(models["sli2vol"]["config"]), "set from the drawing"
     assert models["xnet"]["config"]["bone_opening_size"] == 3 and "use_click" not in models["xnet"]["config"]
     assert models["smile"]["type"] == "segmentation"
     assert set(info["trainers"]) == {"smile", "smiler", "sli2vol", "xnet"}
@@ -191,6 +192,49 @@ def test_sli2vol_takes_a_slicer_scribbles_request_drawn_in_another_view(server, 
     assert dice > 0.6, f"Dice {dice:.3f} of the liver propagated across sagittal slices"
 
 
+def _slices(
+    label: np.ndarray, value: int, axis: int, positions: list[float], new_value: int
+) -> tuple[np.ndarray, list]:
+    """A label map holding structure ``value`` only on the slices at ``positions`` of its extent along ``axis``."""
+    labelled = np.flatnonzero((label == value).any(axis=tuple(a for a in range(3) if a != axis)))
+    indices = sorted({round(labelled[0] + p * (labelled[-1] - labelled[0])) for p in positions})
+    drawn = np.zeros(label.shape, dtype=np.uint8)
+    selector: list = [slice(None)] * 3
+    selector[axis] = indices
+    drawn[tuple(selector)] = (label[tuple(selector)] == value) * new_value
+    return drawn, indices
+
+
+def test_sli2vol_propagates_from_several_drawn_slices(server, data, tmp_path):
+    """Three axial slices painted into the target segment in 3D Slicer: every drawn slice is a seed."""
+    truth_file = data["truth"] / "ct_000.nii.gz"
+    truth = np.asarray(nib.load(truth_file).dataobj)
+    one_slice, _ = _one_slice(truth, LIVER, axis=2, new_value=1)
+    with _save_like(one_slice, truth_file, tmp_path / "one.nii.gz").open("rb") as label:
+        params = json.dumps({"modality": "CT"})
+        response = server.post(
+            "/infer/sli2vol?image=ct_000&output=image", files={"label": label}, data={"params": params}
+        )
+    one_slice_dice = _dice(np.asarray(_nifti(response, tmp_path / "one_out.nii.gz", server).dataobj) == 1, truth == 1)
+
+    drawn, indices = _slices(truth, LIVER, axis=2, positions=[0.2, 0.5, 0.8], new_value=3)  # the liver segment
+    assert len(indices) == 3 and min(np.diff(indices)) > 1, indices
+    drawn[5, 5, indices[1]] = 1  # a background scribble, ignored
+    segments = [{"name": "background_scribbles", "id": 1}, {"name": "foreground_scribbles", "id": 2}]
+    params = {"label_info": [*segments, {"name": "liver", "id": 3}], "selected_label_name": "liver", "modality": "CT"}
+    with _save_like(drawn, truth_file, tmp_path / "three.nii.gz").open("rb") as label:
+        response = server.post(
+            "/infer/sli2vol?image=ct_000&output=image", files={"label": label}, data={"params": json.dumps(params)}
+        )
+    mask = np.asarray(_nifti(response, tmp_path / "three_out.nii.gz", server).dataobj)
+    assert mask.shape == truth.shape and set(np.unique(mask)) == {0, 1}
+    for index in indices:
+        np.testing.assert_array_equal(mask[..., index], drawn[..., index] == 3, err_msg=f"drawn slice {index}")
+    dice = _dice(mask == 1, truth == LIVER)
+    assert dice >= one_slice_dice - 0.02, f"Dice {dice:.3f} from 3 slices, {one_slice_dice:.3f} from one"
+    assert dice > 0.75, f"Dice {dice:.3f} of the liver propagated from 3 slices"
+
+
 def _detail(response: requests.Response) -> str:
     return str(response.json().get("detail"))
 
@@ -214,6 +258,23 @@ def test_bad_requests_get_clear_client_errors(server, data, tmp_path):
     with empty.open("rb") as label:
         response = server.post("/infer/sli2vol?image=ct_000&output=image", files={"label": label})
     assert response.status_code == 422 and "the drawn label is empty" in _detail(response)
+
+    two_views = np.zeros((64, 64, 32), dtype=np.uint8)
+    two_views[20:30, 20:30, 8] = two_views[40, 20:30, 10:20] = 1  # an axial stroke and a sagittal one
+    upload = _save_like(two_views, data["studies"] / "ct_000.nii.gz", tmp_path / "two_views.nii.gz")
+    with upload.open("rb") as label:
+        response = server.post("/infer/sli2vol?image=ct_000&output=image", files={"label": label})
+    assert response.status_code == 422 and "the drawing fits no view" in _detail(response)
+
+    adjacent = np.zeros((64, 64, 32), dtype=np.uint8)
+    adjacent[20:30, 20:30, [8, 9, 20]] = 1  # along the axis the request names, slices 8 and 9 touch
+    upload = _save_like(adjacent, data["studies"] / "ct_000.nii.gz", tmp_path / "adjacent.nii.gz")
+    with upload.open("rb") as label:
+        params = json.dumps({"axis": 2})
+        response = server.post(
+            "/infer/sli2vol?image=ct_000&output=image", files={"label": label}, data={"params": params}
+        )
+    assert response.status_code == 422 and "adjacent slices 8 and 9 along axis 2" in _detail(response)
 
     not_an_image = tmp_path / "notes.nii.gz"
     not_an_image.write_text("these are my notes, not an image")

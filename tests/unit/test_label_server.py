@@ -11,7 +11,8 @@ import torch
 from common.errors import InvalidInputError
 from common.label_server import (
     discover_bundles,
-    drawn_slice_axis,
+    drawn_seed_settings,
+    drawn_slices,
     drawn_structure,
     inference_options,
     inference_overrides,
@@ -98,23 +99,85 @@ def test_label_names_prefer_the_configured_values():
     assert label_names(None, {}) == {}
 
 
-def test_drawn_slice_axis_finds_the_view_the_user_drew_in():
+def _slices(axis: int, indices: list[int], shape=(12, 13, 14)) -> torch.Tensor:
+    """A drawing: a 2D region on each of ``indices`` along ``axis`` (strokes on several slices of one view)."""
+    label = torch.zeros(shape)
+    for index in indices:
+        selector = [slice(3, 8)] * 3
+        selector[axis] = index
+        label[tuple(selector)] = 1
+    return label
+
+
+def test_drawn_slices_find_the_view_the_user_drew_in():
     label = torch.zeros(6, 7, 8)
     label[2:4, 3, 1:5] = 1  # one coronal slice (axis 1)
-    assert drawn_slice_axis(label, preferred=2) == 1
+    assert drawn_slices(label, preferred=2) == (1, [3])
     label = torch.zeros(6, 7, 8)
     label[2, 3, 4] = 2  # a single voxel: one slice along every axis, the bundle's axis wins
-    assert drawn_slice_axis(label, preferred=2) == 2
-    assert drawn_slice_axis(label, preferred=0) == 0
+    assert drawn_slices(label, preferred=2) == (2, [4])
+    assert drawn_slices(label, preferred=0) == (0, [2])
 
 
-def test_drawn_slice_axis_errors_name_the_file():
+@pytest.mark.parametrize("axis", [0, 1, 2], ids=["sagittal", "coronal", "axial"])
+def test_drawn_slices_find_several_slices_of_one_view(axis):
+    for preferred in (0, 1, 2):
+        assert drawn_slices(_slices(axis, [2, 5, 9]), preferred) == (axis, [2, 5, 9])
+        assert drawn_slices(_slices(axis, [4, 6]), preferred) == (axis, [4, 6])  # one slice between them
+
+
+def test_drawn_slices_prefer_one_slice_then_the_bundle_axis():
+    label = torch.zeros(12, 13, 14)
+    label[5, 3, 2] = label[5, 3, 9] = 1  # two dots: one slice along axes 0 and 1, two slices along axis 2
+    assert drawn_slices(label, preferred=2) == (0, [5])
+    assert drawn_slices(label, preferred=1) == (1, [3])
+    label = torch.zeros(12, 13, 14)
+    label[2, 3, 4] = label[6, 8, 10] = 1  # two dots far apart: two slices along every axis
+    assert drawn_slices(label, preferred=1) == (1, [3, 8])
+    assert drawn_slices(label, preferred=2) == (2, [4, 10])
+
+
+def test_drawn_slices_refuse_adjacent_slices_and_two_views():
+    with pytest.raises(InvalidInputError, match=r"d\.nii\.gz: the drawing fits no view: along every axis .* adjacent"):
+        drawn_slices(_slices(2, [4, 5, 9]), preferred=2, source="d.nii.gz")
+    two_views = _slices(2, [4]) + _slices(0, [9])  # an axial stroke and a sagittal one
+    with pytest.raises(InvalidInputError, match="strokes in two different views"):
+        drawn_slices(two_views, preferred=2)
+    cube = torch.zeros(6, 6, 6)
+    cube[1:3, 1:3, 1:3] = 1  # a 3D label
+    with pytest.raises(InvalidInputError, match="fits no view"):
+        drawn_slices(cube, preferred=2)
+
+
+def test_drawn_slices_errors_name_the_file():
     with pytest.raises(InvalidInputError, match=r"drawn\.nii\.gz: the drawn label is empty"):
-        drawn_slice_axis(torch.zeros(4, 4, 4), preferred=2, source="drawn.nii.gz")
+        drawn_slices(torch.zeros(4, 4, 4), preferred=2, source="drawn.nii.gz")
     label = torch.zeros(4, 4, 4)
     label[0, 0, 0] = label[1, 1, 1] = 1
-    with pytest.raises(InvalidInputError, match=r"drawn\.nii\.gz: the labelled voxels span several slices"):
-        drawn_slice_axis(label, preferred=2, source="drawn.nii.gz")
+    with pytest.raises(InvalidInputError, match=r"drawn\.nii\.gz: the drawing fits no view"):
+        drawn_slices(label, preferred=2, source="drawn.nii.gz")
+
+
+def test_drawn_seed_settings_propagate_one_or_every_drawn_slice():
+    one = _slices(1, [6])
+    assert drawn_seed_settings(one, {}, 2, takes_several=True) == {"axis": 1, "seed_slice": None, "seeds": "one"}
+    assert drawn_seed_settings(one, {}, 2, takes_several=False)["seeds"] == "one"
+    several = _slices(0, [2, 5, 9])
+    assert drawn_seed_settings(several, {}, 2, True) == {"axis": 0, "seed_slice": None, "seeds": "all"}
+    picked = drawn_seed_settings(several, {"seed_slice": "5"}, 2, False)
+    assert picked == {"axis": 0, "seed_slice": 5, "seeds": "one"}
+    assert drawn_seed_settings(several, {"axis": 0}, 2, True)["seeds"] == "all"  # the bundle checks adjacency
+    assert drawn_seed_settings(one, {"axis": "1", "seed_slice": None}, 2, True)["axis"] == 1
+
+
+def test_drawn_seed_settings_refuse_several_slices_for_a_one_slice_bundle_and_bad_values():
+    several = _slices(2, [2, 5, 9])
+    with pytest.raises(InvalidInputError, match=r"up\.nrrd: drawn on 3 slices along axis 2 \(2, 5, 9\), but model x "):
+        drawn_seed_settings(several, {}, 2, takes_several=False, source="up.nrrd", model="model x")
+    with pytest.raises(InvalidInputError, match="axis 3 is out of range"):
+        drawn_seed_settings(several, {"axis": 3}, 2, True)
+    with pytest.raises(InvalidInputError, match="seed_slice: 'middle' is not a whole number"):
+        drawn_seed_settings(several, {"seed_slice": "middle"}, 2, True)
 
 
 TRAIN = {

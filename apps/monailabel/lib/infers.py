@@ -20,7 +20,7 @@ from common.data.writers import write_label_map
 from common.handlers.checkpoint import load_weights
 from common.label_server import (
     Bundle,
-    drawn_slice_axis,
+    drawn_seed_settings,
     drawn_structure,
     inference_options,
     inference_overrides,
@@ -173,32 +173,36 @@ class BundleSegmentationTask(BundleInferTask):
 
 
 class DrawnSliceTask(BundleSegmentationTask):
-    """A bundle that turns the user's drawing into a 3D mask (Sli2Vol: one annotated slice -> the whole organ).
+    """A bundle that turns the user's drawing into a 3D mask (Sli2Vol: annotated slices -> the whole organ).
 
     Served as a ``scribbles`` task: the client uploads the labelmap it drew as the ``label`` form field (3D
-    Slicer's scribbles mode does). The task finds the drawn slice and the direction it was drawn in (axial,
-    sagittal or coronal: the voxel axis across which the drawing is one slice; the bundle's ``axis`` when
-    several fit), runs the bundle's propagation with its verification, and returns the mask with the drawn
-    label values in the image's geometry. Request params ``axis`` and ``seed_slice`` choose them by hand.
+    Slicer's scribbles mode does). The task finds the direction the drawing was made in (axial, sagittal or
+    coronal: the voxel axis across which the drawing lies on one slice, or on several slices none of them
+    adjacent; the bundle's ``axis`` when several fit) and the drawn slices, and runs the bundle's propagation
+    with its verification: from the one slice, or from every drawn slice (the bundle's ``seeds="all"``; a bundle
+    without a ``seeds`` setting takes one slice and refuses several). It returns the mask with the drawn label
+    values in the image's geometry. Request params ``axis`` and ``seed_slice`` choose them by hand; ``seeds`` is
+    set from the drawing. See :func:`common.label_server.drawn_seed_settings`.
 
     From 3D Slicer (params ``label_info`` and ``selected_label_name``), the upload holds every segment: the
     structure is the foreground scribbles, or else the selected segment, and the result (value 1) replaces the
     selected segment; see :func:`common.label_server.drawn_structure`.
     """
 
-    per_request_settings = BundleSegmentationTask.per_request_settings | {"axis", "seed_slice"}
+    per_request_settings = BundleSegmentationTask.per_request_settings | {"axis", "seed_slice", "seeds"}
 
     def __init__(self, bundle: Bundle, conf: dict):
         super().__init__(bundle, conf, type=InferType.SCRIBBLES, dimension=3)
         self._default_axis = int(self.bundle_config.get("axis", 2))
+        self._takes_several = "seeds" in self._bundle_settings
 
     def _prepare(self, request: dict, scratch: Path) -> None:
         super()._prepare(request, scratch)
         if not request.get("label"):
             raise HTTPException(
                 status_code=422,
-                detail=f"model {self.name} needs the drawn slice: upload the labelmap holding one annotated slice "
-                "as the 'label' form field (3D Slicer: scribbles mode)",
+                detail=f"model {self.name} needs the drawn slice: upload the labelmap holding the annotated slice "
+                "(or slices) as the 'label' form field (3D Slicer: scribbles mode)",
             )
         source = f"label {request['label']}"
         read_label = ReadInputsd(lambda data: LoadImage(image_only=True)(data["label"]), "label")
@@ -209,9 +213,10 @@ class DrawnSliceTask(BundleSegmentationTask):
             )
             request["label"] = str(write_label_map(structure.numpy(), label.affine, scratch / "drawn_structure.nii.gz"))
             label = structure
-        if "axis" in request:
-            axis = int(request["axis"])
-        else:
-            axis = drawn_slice_axis(torch.as_tensor(label), preferred=self._default_axis, source=source)
-        self.bundle_config["axis"] = axis
-        self.bundle_config["seed_slice"] = int(request["seed_slice"]) if "seed_slice" in request else None
+        settings = drawn_seed_settings(
+            torch.as_tensor(label), request, self._default_axis, self._takes_several, source, f"model {self.name}"
+        )
+        if not self._takes_several:
+            settings.pop("seeds")
+        for name, value in settings.items():
+            self.bundle_config[name] = value

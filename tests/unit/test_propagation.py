@@ -329,6 +329,14 @@ def test_keyframe_step_from_the_slice_spacing():
     assert SlicePropagator(step=2).keyframe_step(0.625) == 2
 
 
+def test_overlap_threshold_is_lower_for_slices_further_apart():
+    propagator = SlicePropagator(step_mm=1.875, min_overlap=0.8)
+    assert propagator.overlap_threshold(1.875) == propagator.overlap_threshold(0.625) == 0.8
+    assert propagator.overlap_threshold(None) == 0.8
+    assert propagator.overlap_threshold(10.0) == pytest.approx(0.8 ** (10.0 / 1.875))  # about 0.30
+    assert SlicePropagator(min_overlap=0).overlap_threshold(10.0) == 0
+
+
 class _CountingEncoder(CopyPropagation):
     def __init__(self):
         super().__init__()

@@ -4,17 +4,165 @@ A slice goes through the edge-profile generator (48 softmax-normalised neighbour
 full-resolution residual encoder, giving a C-dimensional feature per pixel. A target slice is reconstructed
 from a reference slice by a local affinity: every target pixel attends to the (2R+1)^2 reference pixels around
 it, and copies their values (intensities in training, a one-hot mask at inference).
+
+At inference (eval mode, gradients off) the encoder takes a fused path with the same values up to float
+rounding: batch norm folded into the convolution before it, ReLU and residual additions applied in place; on
+CPU, channels-last activations and every convolution one oneDNN call with its bias, ReLU and residual addition
+as post-ops, its weight reordered once into oneDNN's layout. The derived weights are cached between calls.
+``benchmarks/sli2vol_speed.py`` measures it against the plain path and the machine's convolution throughput.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["EdgeProfile", "ResidualEncoder", "Sli2VolNet", "local_affinity", "reconstruct"]
+
+# oneDNN's fused convolution (the op TorchInductor emits on CPU): conv + bias + ReLU, or + residual then ReLU,
+# with the weights reordered once into oneDNN's blocked layout.
+_ONEDNN_FUSION = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+)
+
+# (id(anchor tensor), kind) -> (weak reference to the anchor, key of the sources' state, cached value).
+_CACHE: dict[tuple[int, str], tuple[weakref.ref, tuple, object]] = {}
+
+
+@torch.jit.unused
+def _cached(kind: str, sources: tuple[torch.Tensor, ...], compute: Callable[[], object], extra: object = None):
+    """``compute()``, reused while every tensor of ``sources`` keeps its storage and version counter.
+
+    For the fused path's derived weights (folded batch norm, oneDNN layout): recomputing them costs a few small
+    ops per convolution at every call, a noticeable share of a slice's time when threads are contended. An
+    in-place update (optimiser step, ``load_state_dict``) or new storage (moving the module) changes the key; a
+    write through ``.data`` bypasses the version counter, so ``ResidualEncoder.train()`` / ``eval()`` also drops
+    the entries of its parameters. The entry is keyed by the first source's identity and dies with it; sources
+    without a version counter (created in inference mode) are not cached. The value is made outside inference
+    mode, so that a value derived under ``torch.inference_mode()`` can itself be a source.
+
+    Args:
+        kind: what is cached ("fold", "pack"), so that one tensor can anchor several entries.
+        sources: the tensors the value is computed from; the first is the anchor.
+        compute: makes the value.
+        extra: anything else the value depends on (part of the key).
+    """
+    anchor = sources[0]
+    if any(tensor.is_inference() for tensor in sources):
+        return compute()
+    key = (extra, *((tensor.data_ptr(), tensor._version) for tensor in sources))
+    entry = _CACHE.get((id(anchor), kind))
+    if entry is not None and entry[0]() is anchor and entry[1] == key:
+        return entry[2]
+    for index in [index for index, (ref, _, _) in list(_CACHE.items()) if ref() is None]:
+        _CACHE.pop(index, None)
+    with torch.inference_mode(False), torch.no_grad():
+        value = compute()
+    _CACHE[(id(anchor), kind)] = (weakref.ref(anchor), key, value)
+    return value
+
+
+def _fold_batch_norm(
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free conv weight (O, I, kh, kw) followed by eval-mode batch norm -> one conv's (weight, (O,) bias).
+
+    Cached in eager mode (:func:`_cached`); TorchScript recomputes it at every call.
+    """
+    assert running_mean is not None and running_var is not None, "folding needs the running statistics"
+    if not torch.jit.is_scripting():
+        return _cached_fold(weight, bn_weight, bn_bias, running_mean, running_var, eps)
+    return _fold(weight, bn_weight, bn_bias, running_mean, running_var, eps)
+
+
+@torch.jit.unused
+def _cached_fold(
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_fold`, cached (:func:`_cached`)."""
+    sources = (weight, bn_weight, bn_bias, running_mean, running_var)
+    return _cached("fold", sources, lambda: _fold(weight, bn_weight, bn_bias, running_mean, running_var, eps), eps)
+
+
+def _fold(
+    weight: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_fold_batch_norm`, computed."""
+    scale = bn_weight * torch.rsqrt(running_var + eps)
+    return weight * scale.reshape(-1, 1, 1, 1), bn_bias - running_mean * scale
+
+
+def _conv_act(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stride-1 'same' convolution, plus ``residual`` if given, then ReLU if ``relu``; no autograd.
+
+    Args:
+        x: (B, I, H, W), channels-last for speed.
+        weight: (O, I, kh, kw), odd kernel sides.
+        bias: (O,) or None.
+        relu: apply ReLU last.
+        residual: (B, O, H, W), consumed: it may be overwritten with the result.
+
+    Returns:
+        (B, O, H, W), in ``x``'s memory format.
+    """
+    padding = [weight.shape[2] // 2, weight.shape[3] // 2]
+    if not torch.jit.is_scripting():  # noqa: SIM102 (alone, TorchScript skips the block without compiling it)
+        if _ONEDNN_FUSION and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
+            return _onednn_conv_act(x, weight, bias, padding, relu, residual)
+    out = F.conv2d(x, weight, bias, padding=padding)
+    if residual is not None:
+        out = out.add_(residual)
+    return out.relu_() if relu else out
+
+
+@torch.jit.unused
+def _onednn_conv_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: list[int],
+    relu: bool,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`_conv_act` as one oneDNN convolution with post-ops, the weight reordered once (cached).
+
+    Eager CPU only (TorchScript takes the plain ops). The reordered weight serves any input size; the first
+    call's shape is only the hint for the layout.
+    """
+    packed = _cached(
+        "pack",
+        (weight,),
+        lambda: torch.ops.mkldnn._reorder_convolution_weight(weight, padding, [1, 1], [1, 1], 1, list(x.shape)),
+    )
+    unary = "relu" if relu else "none"
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, [1, 1], [1, 1], 1, unary, [], "")
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        residual, x, packed, bias, padding, [1, 1], [1, 1], 1, "add", 1.0, unary, [], ""
+    )
 
 
 class EdgeProfile(nn.Module):
@@ -38,19 +186,40 @@ class EdgeProfile(nn.Module):
         ]
         self.out_channels = len(offsets)
         window = 2 * radius + 1
-        # One-hot kernels picking x(p + d): a single grouped conv gathers every neighbour at once.
+        # Kernels of +1 at the centre and -1 at p + d: one conv gives every x(p) - x(p + d) at once, exactly
+        # (a single rounding, as for the subtraction itself).
         kernels = torch.zeros(len(offsets), 1, window, window)
         for channel, (dy, dx) in enumerate(offsets):
-            kernels[channel, 0, radius + dy, radius + dx] = 1.0
-        self.register_buffer("neighbour_kernels", kernels, persistent=False)
+            kernels[channel, 0, radius, radius] = 1.0
+            kernels[channel, 0, radius + dy, radius + dx] = -1.0
+        self.register_buffer("difference_kernels", kernels, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, H, W) slice -> (B, (2r+1)^2 - 1, H, W) edge profile, float32, summing to 1 over channels."""
-        x = x.float()
         pad = self.radius * self.dilation
-        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        neighbours = F.conv2d(padded, self.neighbour_kernels, dilation=self.dilation)
-        return torch.softmax(x - neighbours, dim=1)
+        padded = F.pad(x.float(), (pad, pad, pad, pad), mode="replicate")
+        differences = F.conv2d(padded, self.difference_kernels, dilation=self.dilation)
+        return torch.softmax(differences, dim=1)
+
+
+class _Identity(nn.Identity):
+    """The identity shortcut of a basic block."""
+
+    @torch.jit.export
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> x."""
+        return x
+
+
+class _Projection(nn.Sequential):
+    """The projection shortcut of a basic block: ``Sequential(1x1 conv, batch norm)`` (state_dict keys 0.*, 1.*)."""
+
+    @torch.jit.export
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode without autograd, batch norm folded: (B, I, H, W) -> (B, O, H, W) in ``x``'s memory format."""
+        conv, bn = self[0], self[1]  # TorchScript reads the constant eps only as self[1].eps
+        weight, bias = _fold_batch_norm(conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, self[1].eps)
+        return _conv_act(x, weight, bias, relu=False)
 
 
 class _BasicBlock(nn.Module):
@@ -62,16 +231,33 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
+        self.shortcut: nn.Module = _Identity()
         if in_channels != out_channels:
-            self.shortcut = nn.Sequential(
+            self.shortcut = _Projection(
                 nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_channels, H, W) -> (B, out_channels, H, W)."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
+
+    @torch.jit.export
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in eval mode without autograd, batch norm folded: (B, I, H, W) -> (B, O, H, W).
+
+        ``x`` is consumed (with an identity shortcut the result is written into it); the result has its memory format.
+        """
+        weight, bias = _fold_batch_norm(
+            self.conv1.weight, self.bn1.weight, self.bn1.bias, self.bn1.running_mean, self.bn1.running_var, self.bn1.eps
+        )
+        out = _conv_act(x, weight, bias, relu=True)
+        shortcut = self.shortcut.forward_fused(x)
+        weight, bias = _fold_batch_norm(
+            self.conv2.weight, self.bn2.weight, self.bn2.bias, self.bn2.running_mean, self.bn2.running_var, self.bn2.eps
+        )
+        return _conv_act(out, weight, bias, relu=True, residual=shortcut)
 
 
 class ResidualEncoder(nn.Module):
@@ -85,6 +271,10 @@ class ResidualEncoder(nn.Module):
         channels: stage widths; the paper's are (16, 32, 64, 128).
         blocks_per_stage: basic blocks per stage (2 in ResNet-18).
         feature_channels: width of the per-pixel embedding (64 in the paper).
+
+    Attributes:
+        fused_inference: take :meth:`forward_fused` in eval mode without autograd (default True; False runs the
+            layers one by one, the reference for tests and benchmarks).
     """
 
     def __init__(
@@ -107,7 +297,15 @@ class ResidualEncoder(nn.Module):
                 width = stage_width
         layers.append(nn.Conv2d(width, feature_channels, 3, padding=1, bias=True))
         self.layers = nn.Sequential(*layers)
+        self.fused_inference = True
         self.reset_parameters()
+
+    def train(self, mode: bool = True) -> ResidualEncoder:
+        """``nn.Module.train``; also drops the fused path's weights derived from this encoder's (:func:`_cached`)."""
+        for parameter in self.parameters():
+            for kind in ("fold", "pack"):
+                _CACHE.pop((id(parameter), kind), None)
+        return super().train(mode)
 
     def reset_parameters(self) -> None:
         """The reference initialisation: Xavier-normal conv weights, N(0, 1) biases, BN gamma ~ N(1, 0.02)."""
@@ -121,8 +319,35 @@ class ResidualEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, H, W) -> (B, feature_channels, H, W)."""
+        """x: (B, in_channels, H, W) -> (B, feature_channels, H, W).
+
+        In eval mode with gradients off and ``fused_inference`` set, runs :meth:`forward_fused` (same values up to
+        float rounding; on CPU the result is channels-last strided).
+        """
+        if self.fused_inference and not self.training and not torch.is_grad_enabled():
+            return self.forward_fused(x)
         return self.layers(x)
+
+    @torch.jit.export
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode forward, batch norm folded into the convolutions: (B, I, H, W) -> (B, F, H, W).
+
+        Without autograd. On CPU the activations (and the result) are channels-last and every convolution is one
+        oneDNN call with its bias, ReLU and residual addition; elsewhere ``F.conv2d`` and in-place ReLU / addition.
+        """
+        stem, stem_bn = self.layers[0], self.layers[1]  # TorchScript reads the constant eps as self.layers[1].eps
+        weight, bias = _fold_batch_norm(
+            stem.weight, stem_bn.weight, stem_bn.bias, stem_bn.running_mean, stem_bn.running_var, self.layers[1].eps
+        )
+        if x.device.type == "cpu":  # channels-last: oneDNN's fast layout (on GPUs it depends on dtype and card)
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = _conv_act(x, weight, bias, relu=True)
+        if x.device.type == "cpu":  # a no-op, unless a 1-channel input left the layout ambiguous
+            x = x.contiguous(memory_format=torch.channels_last)
+        for block in self.layers[3:-1]:
+            x = block.forward_fused(x)
+        head = self.layers[-1]
+        return _conv_act(x, head.weight, head.bias, relu=False)
 
 
 def local_affinity(query: torch.Tensor, reference: torch.Tensor, radius: int, tile: int = 8) -> torch.Tensor:

@@ -223,8 +223,8 @@ def test_propagation_follows_a_known_shift_end_to_end():
 
     seed = torch.zeros(size, size, depth, dtype=torch.long)
     seed[..., seed_index] = square
-    propagator = SlicePropagator(axis=2, verification=False, clean=False, block_size=2)
-    result = propagator(_IdentityCode(size * size).eval(), image, seed, seed_index)
+    propagator = SlicePropagator(axis=2, step=1, min_overlap=0, verification=False, clean=False, block_size=2)
+    result = propagator(_IdentityCode(size * size).eval(), image, seed)
     assert result.dtype == torch.int64
     for k in range(depth):
         assert torch.equal(result[..., k], expected_slice(k)), f"slice {k}"

@@ -1,0 +1,208 @@
+"""Sli2Vol encoder: the fused inference path (batch norm folded, channels-last, oneDNN post-ops) against the plain one.
+
+The reference is always the plain path (``encoder.fused_inference = False``: the modules one by one); the
+FLOP count is checked against a hand count.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.sli2vol_speed import encoder_flops, encoder_time_per_slice, shipped_encoder_config
+from common.handlers.checkpoint import load_weights
+from common.networks import Sli2VolNet
+from common.networks import sli2vol as sli2vol_module
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "sli2vol" / "models" / "model.pt"
+CONFIGS = {
+    "shipped": {"channels": (16, 32, 64), "feature_channels": 32},
+    "paper": {"channels": (16, 32, 64, 128), "feature_channels": 64},
+    "raw_slice": {"channels": (8, 16), "feature_channels": 8, "use_edge_profile": False},
+}
+
+
+def _net(config, seed=0):
+    """An eval-mode network whose batch norms have non-trivial running statistics (else folding is a no-op)."""
+    torch.manual_seed(seed)
+    net = Sli2VolNet(**CONFIGS[config]).eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            module.bias.data.normal_(0.0, 0.2)
+    return net
+
+
+def _slices(batch=3, height=23, width=17, seed=1):
+    return torch.rand(batch, 1, height, width, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def _plain(net, slices):
+    net.encoder.fused_inference = False
+    try:
+        with torch.no_grad():
+            return net.encode(slices)
+    finally:
+        net.encoder.fused_inference = True
+
+
+def _assert_close(actual, expected):
+    """Within 1e-4, relative to the features' scale (the raw-slice ablation's features reach ~100)."""
+    scale = max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_fused_path_matches_the_plain_path(config):
+    net = _net(config)
+    slices = _slices()
+    with torch.no_grad():
+        fused = net.encode(slices)
+    plain = _plain(net, slices)
+    assert fused.shape == plain.shape == (3, CONFIGS[config]["feature_channels"], 23, 17)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    _assert_close(fused, plain)
+
+
+def test_fused_path_serves_any_slice_size_after_the_first():
+    net = _net("paper")
+    for batch, height, width in ((4, 23, 17), (1, 40, 9), (6, 5, 5)):  # weights reordered for the first only
+        slices = _slices(batch, height, width)
+        with torch.no_grad():
+            fused = net.encode(slices)
+        _assert_close(fused, _plain(net, slices))
+
+
+def test_fused_path_under_inference_mode_reuses_its_derived_weights():
+    net = _net("shipped")
+    slices = _slices(batch=2)
+    with torch.inference_mode():
+        first = net.encode(slices)
+        second = net.encode(slices)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    _assert_close(first, _plain(net, slices))
+    # Every convolution's derived weights are cached, the reordered ones too (their anchor, the folded weight,
+    # is made outside inference mode): one fold per batch norm, one reordered weight per convolution.
+    convs = [m for m in net.encoder.modules() if isinstance(m, nn.Conv2d)]
+    folds = {key[0]: entry[2][0] for key, entry in sli2vol_module._CACHE.items() if key[1] == "fold"}
+    ours = {id(conv.weight) for conv in convs} & set(folds)
+    assert len(ours) == len(convs) - 1  # all but the head
+    if sli2vol_module._ONEDNN_FUSION:
+        anchors = {id(folds[index]) for index in ours} | {id(convs[-1].weight)}
+        packs = [key for key in sli2vol_module._CACHE if key[1] == "pack" and key[0] in anchors]
+        assert len(packs) == len(convs)
+
+
+def test_fused_path_without_onednn_matches_the_plain_path(monkeypatch):
+    monkeypatch.setattr(sli2vol_module, "_ONEDNN_FUSION", False)
+    net = _net("shipped")
+    slices = _slices()
+    with torch.no_grad():
+        fused = net.encode(slices)
+    _assert_close(fused, _plain(net, slices))
+
+
+def test_fused_path_only_without_autograd_in_eval_mode(monkeypatch):
+    net = _net("shipped")
+    slices = _slices(batch=2)
+    plain = _plain(net, slices)
+
+    def refuse(_x):
+        raise AssertionError("the fused path must not run here")
+
+    monkeypatch.setattr(net.encoder, "forward_fused", refuse)
+    with torch.enable_grad():  # eval mode, gradients on: the plain path, differentiable
+        features = net.encode(slices)
+    assert features.requires_grad
+    torch.testing.assert_close(features.detach(), plain, rtol=0, atol=0)
+    net.train()
+    with torch.no_grad():  # training mode: batch statistics, never folded
+        net.encode(slices)
+
+
+def test_fused_path_keeps_the_input_and_repeats_exactly():
+    net = _net("raw_slice")  # the encoder's input is the caller's tensor itself
+    slices = _slices()
+    before = slices.clone()
+    with torch.no_grad():
+        first = net.encode(slices)
+        second = net.encode(slices)
+    torch.testing.assert_close(slices, before, rtol=0, atol=0)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_cached_folds_follow_weight_updates():
+    net = _net("shipped")
+    slices = _slices(batch=2)
+    with torch.no_grad():
+        net.encode(slices)  # fills the cache
+        other = _net("shipped", seed=5)
+        net.load_state_dict(other.state_dict())  # in-place copies: new versions
+        _assert_close(net.encode(slices), _plain(other, slices))
+        block = net.encoder.layers[4]
+        block.conv2.weight.mul_(1.5)
+        block.bn1.running_var.add_(0.5)
+        net.encoder.layers[1].bias.add_(0.1)
+        net.encoder.layers[-1].weight.mul_(0.5)  # the head: no batch norm, its reordered weight is cached
+        _assert_close(net.encode(slices), _plain(net, slices))
+        block.conv1.weight.data.mul_(0.5)  # through .data: no version bump, eval() refreshes
+        net.eval()
+        _assert_close(net.encode(slices), _plain(net, slices))
+        block.conv2.weight.data = block.conv2.weight.data * 2.0  # new storage (as when the module moves)
+        _assert_close(net.encode(slices), _plain(net, slices))
+
+
+def test_torchscript_encode_and_propagate_match_eager():
+    net = _net("shipped")
+    scripted = torch.jit.script(net)
+    slices = _slices(batch=2)
+    plain = _plain(net, slices)
+    with torch.no_grad():
+        scripted_features = scripted.encode(slices)  # the fused path without oneDNN post-ops
+        _assert_close(scripted_features, plain)
+        values = torch.rand(1, 2, 23, 17)
+        torch.testing.assert_close(
+            scripted.propagate(scripted_features[1:], scripted_features[:1], values),
+            net.propagate(plain[1:], plain[:1], values),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_state_dict_keys_unchanged_and_shipped_weights_load_strictly():
+    net = Sli2VolNet(**shipped_encoder_config())
+    keys = set(net.state_dict())
+    assert {"encoder.layers.0.weight", "encoder.layers.1.running_var", "encoder.layers.3.conv1.weight"} <= keys
+    assert {"encoder.layers.5.shortcut.0.weight", "encoder.layers.5.shortcut.1.running_mean"} <= keys
+    assert not any("fused" in key for key in keys)
+    load_weights(net, SHIPPED_WEIGHTS)  # strict: raises on a missing or unexpected key
+    net.eval()
+    slices = _slices(batch=2, height=31, width=26)
+    with torch.no_grad():
+        fused = net.encode(slices)
+    _assert_close(fused, _plain(net, slices))
+
+
+def test_encoder_flops_hand_count():
+    net = Sli2VolNet(channels=(4, 8), blocks_per_stage=1, feature_channels=6)
+    height, width = 5, 7
+    per_pixel = (
+        48 * 49  # edge profile: 1 -> 48 difference 7x7 kernels
+        + 48 * 4 * 49  # stem 7x7
+        + 2 * 4 * 4 * 9  # block 4 -> 4: two 3x3
+        + 4 * 8 * 9
+        + 8 * 8 * 9
+        + 4 * 8  # block 4 -> 8: two 3x3 and the 1x1 projection
+        + 8 * 6 * 9  # head 3x3
+    )
+    assert encoder_flops(net, height, width) == 2 * per_pixel * height * width
+
+
+def test_encoder_time_per_slice_runs_every_variant():
+    net = Sli2VolNet(channels=(4, 8), blocks_per_stage=1, feature_channels=4).eval()
+    for channels_last in (False, True):
+        seconds = encoder_time_per_slice(net, 12, 10, batch=2, threads=1, channels_last=channels_last, repeats=1)
+        assert 0 < seconds < 10
+    assert net.encoder.fused_inference and next(net.parameters()).is_contiguous()  # the network is not modified

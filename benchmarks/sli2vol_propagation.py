@@ -261,7 +261,8 @@ def labelled_section(args: argparse.Namespace, section: str, positions: list[flo
     names = [key for key in next(iter(results.values()))[0] if key != "mean"]
     lines = [title, "", "| method | mean ± std | min | max | " + " | ".join(names) + " |"]
     lines.append("|---|---|---|---|" + "---|" * len(names))
-    for method, rows in results.items():
+    for method in ("default", "paper", *args.baselines):
+        rows = results[method]
         per_label = [f"{np.nanmean([row[name] for row in rows]):.3f}" for name in names]
         lines.append(
             f"| {CLI_METHODS[method][0]} | {summary([row['mean'] for row in rows])} | " + " | ".join(per_label) + " |"
@@ -276,8 +277,9 @@ def labelled_section(args: argparse.Namespace, section: str, positions: list[flo
 
 
 def speed_section(args: argparse.Namespace) -> str:
-    """Seconds per volume, default vs paper, interleaved on the same volumes; then the encoder's efficiency."""
-    from sli2vol_speed import encoder_efficiency_table
+    """Seconds per LA volume of the old default (the paper's propagation, layer-by-layer encoder) and the new one,
+    alternating on the same volumes; then the encoder's time per slice against its FLOP-bound time."""
+    from sli2vol_speed import encoder_efficiency, markdown_table
 
     parser = evaluation_parser(args, None)
     network = parser.get_parsed_content("network_def")
@@ -285,22 +287,27 @@ def speed_section(args: argparse.Namespace) -> str:
     preprocessing = parser.get_parsed_content("preprocessing")
     defaults = _settings(parser.get_parsed_content("inferer").propagator.__dict__)
     cases = load_datalist(args.datalist, args.dataset_dir, "test")[: args.speed_volumes]
-    timings = {"default": [], "paper": []}
+    old_settings = {**defaults, **PAPER, "block_size": 4}
+    runs = {"old default: the paper's propagation, layer-by-layer encoder": (old_settings, False)}
+    runs["new default"] = (defaults, True)
+    timings = {name: [] for name in runs}
     for case in cases:
         data = preprocessing(case)
         image, seed = data["image"][0].as_tensor(), data["seed"][0].as_tensor()
         spacing = float(np.linalg.norm(np.asarray(data["image"].affine)[:3, 2]))
-        for name, settings in (("paper", {**defaults, **PAPER}), ("default", defaults)):
+        for name, (settings, fused) in runs.items():
+            network.encoder.fused_inference = fused
             started = time.perf_counter()
             SlicePropagator(**settings)(network, image, seed, spacing)
             timings[name].append(time.perf_counter() - started)
-    ratio = np.mean(timings["paper"]) / np.mean(timings["default"])
+    old, new = (np.mean(values) for values in timings.values())
     lines = [f"Propagation from the largest slice, CPU, {torch.get_num_threads()} threads, {len(cases)} LA volumes", ""]
     lines += ["| propagation | s / volume |", "|---|---|"]
     lines += [f"| {name} | {np.mean(values):.1f} |" for name, values in timings.items()]
-    lines += ["", f"the default is {ratio:.2f}x faster than the paper's propagation", ""]
-    lines += [encoder_efficiency_table(network)]
-    return _finish(args, "speed", {"seconds_per_volume": timings}, lines)
+    lines += ["", f"the new default is {old / new:.1f}x faster", ""]
+    efficiency = encoder_efficiency(threads=torch.get_num_threads(), batches=(1, 8), variants=("plain", "fused"))
+    lines += [markdown_table(efficiency)]
+    return _finish(args, "speed", {"seconds_per_volume": timings, "encoder": efficiency}, lines)
 
 
 def _load(args: argparse.Namespace, section: str) -> dict:

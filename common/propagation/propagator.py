@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,12 @@ class SliceFeatures:
         if index not in self.cache:
             self.encode([index])
         return self.cache[index]
+
+    def prefetch(self, walk: Sequence[int]) -> None:
+        """When the first slice of ``walk`` (the next ones to be visited, in order) is not encoded yet, encode it
+        with the following ones, ``block_size`` slices in one batch."""
+        if walk and walk[0] not in self.cache:
+            self.encode(list(walk[: self.block_size]))
 
     def encode(self, indices: list[int]) -> None:
         """Encode the slices of ``indices`` not yet encoded, ``block_size`` at a time."""
@@ -119,7 +126,7 @@ class SlicePropagator:
         verification: bool = True,
         ring_iterations: int = 5,
         clean: bool = True,
-        block_size: int = 4,
+        block_size: int = 8,
     ) -> None:
         if fill not in FILL_MODES:
             raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")
@@ -225,6 +232,7 @@ class SlicePropagator:
         current = start
         while abs(limit - current) > 1:
             distance = min(step, abs(limit - current) - 1)
+            volume.features.prefetch(range(current + direction * distance, limit, direction * step))
             advance = self._advance(volume, masks, current, current + direction * distance, start)
             if advance is None and distance > 1:
                 advance = self._advance(volume, masks, current, current + direction, start)

@@ -418,3 +418,23 @@ def test_a_direction_stops_where_its_mask_jumps_away():
     assert all(drifting[..., k].any() for k in range(depth))
     stopped = SlicePropagator(verification=False, min_overlap=0.5)(_JumpingPropagation(), image, seed)
     assert torch.equal(stopped, seed)
+
+
+class _BatchRecorder(CopyPropagation):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def encode(self, slices):
+        self.batches.append(slices.shape[0])
+        return slices
+
+
+def test_keyframes_are_encoded_block_size_at_a_time():
+    depth, index = 31, 15
+    model = _BatchRecorder()
+    SlicePropagator(step=3, block_size=4, verification=False)(
+        model, torch.rand(SIZE, SIZE, depth), _seed(_square(), depth, index)
+    )
+    # Keyframes 12, 9, 6, 3 together, the seed, keyframe 0; then 18, 21, 24, 27 together and 30.
+    assert model.batches == [4, 1, 1, 4, 1]

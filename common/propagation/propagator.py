@@ -32,7 +32,7 @@ class SliceFeatures:
         block_size: slices encoded per call.
     """
 
-    def __init__(self, model: nn.Module, slices: torch.Tensor, block_size: int = 4) -> None:
+    def __init__(self, model: nn.Module, slices: torch.Tensor, block_size: int = 8) -> None:
         self.model, self.slices, self.block_size = model, slices, max(1, int(block_size))
         self.cache: dict[int, torch.Tensor] = {}
 

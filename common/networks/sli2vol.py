@@ -8,14 +8,13 @@ it, and copies their values (intensities in training, a one-hot mask at inferenc
 At inference (eval mode, gradients off) the encoder takes a fused path with the same values up to float
 rounding: batch norm folded into the convolution before it, ReLU and residual additions applied in place; on
 CPU, channels-last activations and every convolution one oneDNN call with its bias, ReLU and residual addition
-as post-ops, its weight reordered once into oneDNN's layout. The derived weights are cached between calls.
+as post-ops. Folding and reordering run at every call (caching them saved about 1 %).
 ``benchmarks/sli2vol_speed.py`` measures it against the plain path and the machine's convolution throughput.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,42 +30,6 @@ _ONEDNN_FUSION = (
     and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 )
 
-# (id(anchor tensor), kind) -> (weak reference to the anchor, key of the sources' state, cached value).
-_CACHE: dict[tuple[int, str], tuple[weakref.ref, tuple, object]] = {}
-
-
-@torch.jit.unused
-def _cached(kind: str, sources: tuple[torch.Tensor, ...], compute: Callable[[], object], extra: object = None):
-    """``compute()``, reused while every tensor of ``sources`` keeps its storage and version counter.
-
-    For the fused path's derived weights (folded batch norm, oneDNN layout): recomputing them costs a few small
-    ops per convolution at every call, a noticeable share of a slice's time when threads are contended. An
-    in-place update (optimiser step, ``load_state_dict``) or new storage (moving the module) changes the key; a
-    write through ``.data`` bypasses the version counter, so ``ResidualEncoder.train()`` / ``eval()`` also drops
-    the entries of its parameters. The entry is keyed by the first source's identity and dies with it; sources
-    without a version counter (created in inference mode) are not cached. The value is made outside inference
-    mode, so that a value derived under ``torch.inference_mode()`` can itself be a source.
-
-    Args:
-        kind: what is cached ("fold", "pack"), so that one tensor can anchor several entries.
-        sources: the tensors the value is computed from; the first is the anchor.
-        compute: makes the value.
-        extra: anything else the value depends on (part of the key).
-    """
-    anchor = sources[0]
-    if any(tensor.is_inference() for tensor in sources):
-        return compute()
-    key = (extra, *((tensor.data_ptr(), tensor._version) for tensor in sources))
-    entry = _CACHE.get((id(anchor), kind))
-    if entry is not None and entry[0]() is anchor and entry[1] == key:
-        return entry[2]
-    for index in [index for index, (ref, _, _) in list(_CACHE.items()) if ref() is None]:
-        _CACHE.pop(index, None)
-    with torch.inference_mode(False), torch.no_grad():
-        value = compute()
-    _CACHE[(id(anchor), kind)] = (weakref.ref(anchor), key, value)
-    return value
-
 
 def _fold_batch_norm(
     weight: torch.Tensor,
@@ -78,37 +41,9 @@ def _fold_batch_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A bias-free conv weight (O, I, kh, kw) followed by eval-mode batch norm -> one conv's (weight, (O,) bias).
 
-    Cached in eager mode (:func:`_cached`); TorchScript recomputes it at every call.
+    Computed at every call: a few small ops per convolution, about 1 % of a 190 x 140 slice's encoding.
     """
     assert running_mean is not None and running_var is not None, "folding needs the running statistics"
-    if not torch.jit.is_scripting():
-        return _cached_fold(weight, bn_weight, bn_bias, running_mean, running_var, eps)
-    return _fold(weight, bn_weight, bn_bias, running_mean, running_var, eps)
-
-
-@torch.jit.unused
-def _cached_fold(
-    weight: torch.Tensor,
-    bn_weight: torch.Tensor,
-    bn_bias: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_fold`, cached (:func:`_cached`)."""
-    sources = (weight, bn_weight, bn_bias, running_mean, running_var)
-    return _cached("fold", sources, lambda: _fold(weight, bn_weight, bn_bias, running_mean, running_var, eps), eps)
-
-
-def _fold(
-    weight: torch.Tensor,
-    bn_weight: torch.Tensor,
-    bn_bias: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_fold_batch_norm`, computed."""
     scale = bn_weight * torch.rsqrt(running_var + eps)
     return weight * scale.reshape(-1, 1, 1, 1), bn_bias - running_mean * scale
 
@@ -147,16 +82,11 @@ def _onednn_conv_act(
     relu: bool,
     residual: torch.Tensor | None,
 ) -> torch.Tensor:
-    """:func:`_conv_act` as one oneDNN convolution with post-ops, the weight reordered once (cached).
+    """:func:`_conv_act` as one oneDNN convolution with post-ops, the weight reordered into oneDNN's layout.
 
-    Eager CPU only (TorchScript takes the plain ops). The reordered weight serves any input size; the first
-    call's shape is only the hint for the layout.
+    Eager CPU only (TorchScript takes the plain ops).
     """
-    packed = _cached(
-        "pack",
-        (weight,),
-        lambda: torch.ops.mkldnn._reorder_convolution_weight(weight, padding, [1, 1], [1, 1], 1, list(x.shape)),
-    )
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, [1, 1], [1, 1], 1, list(x.shape))
     unary = "relu" if relu else "none"
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, padding, [1, 1], [1, 1], 1, unary, [], "")
@@ -299,13 +229,6 @@ class ResidualEncoder(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.fused_inference = True
         self.reset_parameters()
-
-    def train(self, mode: bool = True) -> ResidualEncoder:
-        """``nn.Module.train``; also drops the fused path's weights derived from this encoder's (:func:`_cached`)."""
-        for parameter in self.parameters():
-            for kind in ("fold", "pack"):
-                _CACHE.pop((id(parameter), kind), None)
-        return super().train(mode)
 
     def reset_parameters(self) -> None:
         """The reference initialisation: Xavier-normal conv weights, N(0, 1) biases, BN gamma ~ N(1, 0.02)."""

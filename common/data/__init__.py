@@ -5,7 +5,19 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES = ("datalist", "json_io", "partial_datalist", "radiograph_io", "synthetic_ct", "synthetic_xray", "writers")
+_MODULES = (
+    "datalist",
+    "drr",
+    "json_io",
+    "package_data",
+    "partial_datalist",
+    "radiograph_io",
+    "synthetic_ct",
+    "synthetic_xray",
+    "tolerant",
+    "writers",
+    "xray_acquisition",
+)
 
 __all__ = list(_MODULES)
 

@@ -10,18 +10,26 @@ back alike. ``RadiographReader`` wraps it for MONAI::
 
 Layout. Arrays are indexed (rows, columns), top row first: the order of pydicom's ``pixel_array`` and of
 ``np.asarray(PIL.Image.open(path))``, not the transposed (columns, rows) order of MONAI's ``PILReader``. Load labels
-with the same reader so that image and label share it. The affine is ``diag(row_spacing, column_spacing, 1, 1)``
-(mm, from the DICOM ``PixelSpacing``, else ``ImagerPixelSpacing``, else 1.0; 1.0 for PNG, JPEG and TIFF): it maps
-(row, column) indices to millimetres in the detector plane, not to patient coordinates. NIfTI files keep their own
-affine and their array as stored.
+with the same reader so that image and label share it. The affine is ``diag(row_spacing, column_spacing, 1, 1)``:
+it maps (row, column) indices to millimetres in the detector plane, not to patient coordinates. NIfTI files keep
+their own affine and their array as stored.
+
+Pixel spacing. A DICOM file's spacing is its ``PixelSpacing`` when that is two positive numbers (mm), else its
+``ImagerPixelSpacing`` when that is, else unknown: 1 unit per pixel. Real headers hold a missing, empty, zero or
+malformed ``PixelSpacing`` (the computed radiograph RG1 of the ``pydicom-data`` package has ``[0.000, 0.000]``);
+such an image is read all the same, and each read that falls back logs one warning naming the file and the spacing
+used. Where the spacing came from is kept as ``Radiograph.spacing_source`` (``pixel_spacing_source`` in
+``RadiographReader``'s meta data): "PixelSpacing" or "ImagerPixelSpacing" (DICOM), "affine" (NIfTI), or "unknown"
+(1 unit per pixel: a DICOM file without usable spacing, and PNG, JPEG and TIFF, which carry none, without warning).
 
 Bad input (a missing, corrupt or unsupported file, no pixel data, colour, several frames, a 3D volume, a photometric
 interpretation other than MONOCHROME1/2, non-finite values) raises :class:`~common.errors.InvalidInputError` naming
-the file and the problem.
+the file and the problem. A readable image is never refused for its spacing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 try:
@@ -48,6 +57,7 @@ from common.errors import InvalidInputError
 __all__ = [
     "PHOTOMETRIC_INTERPRETATIONS",
     "RADIOGRAPH_SUFFIXES",
+    "SPACING_SOURCES",
     "Radiograph",
     "RadiographReader",
     "read_radiograph",
@@ -62,6 +72,10 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Lower-case name endings of the files ``read_radiograph`` takes (DICOM files without a suffix are taken too).
 RADIOGRAPH_SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
 SUPPORTED = "DICOM (.dcm, .dicom or no suffix), PNG, JPEG, TIFF or NIfTI (.nii, .nii.gz)"
+# Where a radiograph's pixel spacing came from; "unknown" means 1 unit per pixel.
+SPACING_SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "affine", "unknown")
+
+logger = logging.getLogger(__name__)
 
 # PIL modes whose pixels are one grey value each; np.asarray gives (rows, columns) for them.
 _GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -69,10 +83,12 @@ _GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 @dataclass(frozen=True)
 class Radiograph:
-    """A radiograph as displayed: `array` (rows, columns) float32, high = bright; `affine` (4, 4) float64."""
+    """A radiograph as displayed: `array` (rows, columns) float32, high = bright; `affine` (4, 4) float64;
+    `spacing_source`, where the affine's spacing came from (one of ``SPACING_SOURCES``)."""
 
     array: np.ndarray
     affine: np.ndarray
+    spacing_source: str
 
 
 def read_radiograph(path: PathLike, apply_voi: bool = True) -> Radiograph:
@@ -109,7 +125,8 @@ class RadiographReader(ImageReader):
     ``LoadImage(reader=RadiographReader())`` (or ``reader="common.data.radiograph_io.RadiographReader"``) gives
     float32 arrays of shape (rows, columns), or (1, rows, columns) with ``ensure_channel_first=True``, whose meta
     data hold ``affine`` = ``original_affine`` (4, 4), ``spatial_shape`` (rows, columns), ``original_channel_dim``
-    NaN (no channel), ``space`` RAS (so MONAI's writers store the affine unchanged) and ``pixel_spacing`` (2,) mm.
+    NaN (no channel), ``space`` RAS (so MONAI's writers store the affine unchanged), ``pixel_spacing`` (2,) mm and
+    ``pixel_spacing_source`` (a string, one of ``SPACING_SOURCES``; "unknown": 1 unit per pixel).
 
     ``read`` only checks the file names; the file is decoded and checked in ``get_data``. ``LoadImage`` catches
     exceptions raised by a reader's ``read`` and then tries its other readers, which would hide our
@@ -144,6 +161,7 @@ class RadiographReader(ImageReader):
             MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
             MetaKeys.SPACE: SpaceKeys.RAS,
             "pixel_spacing": np.sqrt((radiograph.affine[:2, :2] ** 2).sum(axis=0)),
+            "pixel_spacing_source": radiograph.spacing_source,
         }
         return radiograph.array, meta
 
@@ -251,7 +269,8 @@ def _read_dicom(path: Path, apply_voi: bool) -> Radiograph:
         values, (low, high) = _apply_voi(values, dataset, (low, high), path)
     if dataset.PhotometricInterpretation == "MONOCHROME1":
         values = low + high - values
-    return Radiograph(np.asarray(values, dtype=np.float32), _spacing_affine(_dicom_spacing(dataset, path)))
+    spacing, source = _dicom_spacing(dataset, path)
+    return Radiograph(np.asarray(values, dtype=np.float32), _spacing_affine(spacing), source)
 
 
 def _open_dicom(path: Path) -> Dataset:
@@ -329,13 +348,35 @@ def _apply_voi(
     return displayed, modality_range
 
 
-def _dicom_spacing(dataset: Dataset, path: Path) -> tuple[float, float]:
-    """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing, else (1.0, 1.0)."""
-    spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing") or (1.0, 1.0)
-    spacing = tuple(float(value) for value in spacing)
-    if len(spacing) != 2 or not all(value > 0 for value in spacing):
-        raise InvalidInputError(f"{path}: PixelSpacing {spacing} is not two positive numbers (mm); fix the header")
-    return spacing
+def _dicom_spacing(dataset: Dataset, path: Path) -> tuple[tuple[float, float], str]:
+    """(row, column) spacing in mm and its source: PixelSpacing, else ImagerPixelSpacing, else (1.0, 1.0) "unknown".
+
+    A fallback logs one warning naming `path`, what was wrong and what is used instead.
+    """
+    spacing, problem = _spacing_attribute(dataset, "PixelSpacing")
+    if spacing is not None:
+        return spacing, "PixelSpacing"
+    imager_spacing, imager_problem = _spacing_attribute(dataset, "ImagerPixelSpacing")
+    if imager_spacing is not None:
+        logger.warning("%s: %s; using ImagerPixelSpacing %s mm", path, problem, imager_spacing)
+        return imager_spacing, "ImagerPixelSpacing"
+    logger.warning("%s: %s and %s; pixel spacing unknown, using 1 unit per pixel", path, problem, imager_problem)
+    return (1.0, 1.0), "unknown"
+
+
+def _spacing_attribute(dataset: Dataset, keyword: str) -> tuple[tuple[float, float] | None, str]:
+    """`keyword`'s value as (row, column) mm when it is two positive finite numbers, else None and what is wrong."""
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None, f"there is no {keyword}" if keyword not in dataset else f"{keyword} is empty"
+    values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    try:
+        spacing = tuple(float(number) for number in values)
+    except (TypeError, ValueError):
+        return None, f"{keyword} {values} is not numeric"
+    if len(spacing) != 2 or not all(np.isfinite(number) and number > 0 for number in spacing):
+        return None, f"{keyword} {spacing} is not usable"
+    return spacing, ""
 
 
 def _spacing_affine(spacing: tuple[float, float]) -> np.ndarray:
@@ -344,8 +385,8 @@ def _spacing_affine(spacing: tuple[float, float]) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> Radiograph:
-    """Pixels of a single-frame grey PNG, JPEG or TIFF, spacing 1 mm; colour with equal channels is taken as grey,
-    an alpha channel is ignored."""
+    """Pixels of a single-frame grey PNG, JPEG or TIFF, spacing unknown (1 unit per pixel); colour with equal
+    channels is taken as grey, an alpha channel is ignored."""
     try:
         with Image.open(path) as image:
             num_frames, mode = getattr(image, "n_frames", 1), image.mode
@@ -356,7 +397,7 @@ def _read_pil(path: Path) -> Radiograph:
         raise InvalidInputError(f"{path}: image with {num_frames} frames; one radiograph per file is expected")
     if pixels.ndim == 3:
         pixels = _grey_from_colour(pixels, mode, path)
-    return Radiograph(pixels.astype(np.float32), _spacing_affine((1.0, 1.0)))
+    return Radiograph(pixels.astype(np.float32), _spacing_affine((1.0, 1.0)), "unknown")
 
 
 def _grey_from_colour(pixels: np.ndarray, mode: str, path: Path) -> np.ndarray:
@@ -381,7 +422,7 @@ def _read_nifti(path: Path) -> Radiograph:
         raise InvalidInputError(
             f"{path}: array of shape {pixels.shape} is not a 2D radiograph; give one 2D image per file"
         )
-    return Radiograph(pixels.astype(np.float32), np.asarray(image.affine, dtype=np.float64))
+    return Radiograph(pixels.astype(np.float32), np.asarray(image.affine, dtype=np.float64), "affine")
 
 
 def _check_stored_pixels(pixels: np.ndarray, bits: int) -> None:

@@ -2,12 +2,14 @@
 
 from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights, unwrap
 from common.handlers.classification_report import ClassificationReport
+from common.handlers.input_failures import InputFailureReport
 from common.handlers.metrics import PartialLabelDice, per_class_dice
 from common.handlers.ranks import handlers_for_this_rank
 from common.handlers.temperature_scaling import TemperatureScaling, fit_temperature
 
 __all__ = [
     "ClassificationReport",
+    "InputFailureReport",
     "PartialLabelDice",
     "ResumableCheckpoint",
     "TemperatureScaling",

@@ -13,7 +13,7 @@ from common.transforms.partial_labels import (
     SmileTargetd,
 )
 from common.transforms.slices import RandSlicePairsd, modality_normalisation
-from common.transforms.validation import CheckSegmentationInputd
+from common.transforms.validation import CheckSegmentationInputd, LoadInputImaged
 from common.transforms.xray_postprocessing import BoneOpening, BoneOpeningd, SoftTissueThreshold, SoftTissueThresholdd
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CheckSegmentationInputd",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
+    "LoadInputImaged",
     "MergePseudoLabelsd",
     "ProbabilitiesToLabelMap",
     "ProbabilitiesToLabelMapd",

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Hashable, Mapping
 
 import torch
-from monai.transforms import Transform
+from monai.data import ImageReader
+from monai.transforms import LoadImaged, Transform
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from common.errors import InvalidInputError
 from common.transforms.partial_labels import case_path
 
-__all__ = ["CheckSegmentationInputd"]
+__all__ = ["CheckSegmentationInputd", "LoadInputImaged"]
+
+# What MONAI's readers (NiBabel, ITK, PIL, pydicom) raise for a file they cannot decode: missing, truncated, empty,
+# not an image, or a format without a reader ("cannot find a suitable reader", a RuntimeError).
+READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, ImageFileError, HeaderDataError, zlib.error)
+
+
+class LoadInputImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` (same arguments) for user input: a file that cannot be read raises an
+    :class:`~common.errors.InvalidInputError` naming it, so that it is reported, or skipped by a
+    :class:`~common.data.tolerant.SkipUnreadableDataset`, like any other bad input.
+
+    The error names the files of all ``keys`` present (the one of a single-key loader exactly) and keeps the
+    reader's message; an InvalidInputError of the reader itself passes unchanged.
+    """
+
+    def __call__(self, data: Mapping[Hashable, object], reader: ImageReader | None = None) -> dict:
+        try:
+            return super().__call__(data, reader)
+        except InvalidInputError:
+            raise
+        except READ_ERRORS as error:
+            files = ", ".join(case_path(data, key) for key in self.key_iterator(dict(data)))
+            raise InvalidInputError(
+                f"{files}: not a readable image ({type(error).__name__}: {error}); check that the file is complete "
+                "and in a supported format (NIfTI, NRRD, MetaImage, DICOM)"
+            ) from error
 
 
 class CheckSegmentationInputd(Transform):

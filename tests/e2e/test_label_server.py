@@ -278,7 +278,7 @@ def test_bad_requests_get_clear_client_errors(server, data, tmp_path):
 
     not_an_image = tmp_path / "notes.nii.gz"
     not_an_image.write_text("these are my notes, not an image")
-    expected = {"xnet": "not a readable NIfTI file", "smile": "as a medical image"}
+    expected = {"xnet": "not a readable NIfTI file", "smile": "not a readable image"}
     for model, message in expected.items():
         with not_an_image.open("rb") as upload:
             response = server.post(f"/infer/{model}?output=image", files={"file": upload})

@@ -1,9 +1,13 @@
+import re
+
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
 from common.errors import InvalidInputError
-from common.transforms import CheckSegmentationInputd
+from common.transforms import CheckSegmentationInputd, LoadInputImaged
 
 
 def _item(image, label=None):
@@ -60,3 +64,37 @@ def test_image_smaller_than_the_network_minimum_is_rejected():
 def test_volume_given_to_a_2d_check_is_rejected():
     with pytest.raises(InvalidInputError, match=r"expected a 2D image, got spatial shape \(8, 8, 4\).*2D images"):
         CheckSegmentationInputd(spatial_dims=2)(_item(torch.zeros(1, 8, 8, 4)))
+
+
+def _garbage(path):
+    path.write_bytes(b"not an image" * 10)
+
+
+def _truncated(path):
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((32, 32, 16), np.float32), np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+UNREADABLE = {
+    "garbage.nii.gz": (_garbage, "ImageFileError"),
+    "truncated.nii.gz": (_truncated, "EOFError"),
+    "garbage.nrrd": (_garbage, "RuntimeError"),
+    "missing.nii.gz": (lambda path: None, "FileNotFoundError"),
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_unreadable_file_is_an_input_error_naming_it(tmp_path, name):
+    spoil, reader_error = UNREADABLE[name]
+    spoil(tmp_path / name)
+    with pytest.raises(InvalidInputError, match=re.escape(f"{tmp_path / name}: not a readable image ({reader_error}")):
+        LoadInputImaged("image", ensure_channel_first=True)({"image": str(tmp_path / name)})
+
+
+def test_load_input_imaged_loads_like_load_imaged(tmp_path):
+    nib.save(
+        nib.Nifti1Image(np.arange(48, dtype=np.float32).reshape(4, 4, 3), np.diag([2, 2, 3, 1])), tmp_path / "a.nii"
+    )
+    image = LoadInputImaged("image", ensure_channel_first=True)({"image": str(tmp_path / "a.nii")})["image"]
+    assert image.shape == (1, 4, 4, 3) and image.meta["filename_or_obj"].endswith("a.nii")
+    np.testing.assert_allclose(image.affine.numpy(), np.diag([2, 2, 3, 1]))

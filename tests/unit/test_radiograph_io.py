@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -22,6 +24,7 @@ from common.data.radiograph_io import (
 )
 from common.data.synthetic_xray import generate_radiograph
 from common.errors import InvalidInputError
+from tests.real_radiographs import rg1_path
 
 # Non-square and asymmetric, so that a transposed or flipped read cannot pass.
 ASYMMETRIC = (np.arange(35, dtype=np.uint16).reshape(5, 7) * 37) % 251
@@ -119,13 +122,93 @@ def test_written_dicom_is_a_valid_cr_image(tmp_path):
     assert pydicom.dcmread(tmp_path / "other.dcm").SOPInstanceUID != dataset.SOPInstanceUID
 
 
-def test_pixel_spacing_gives_the_affine(tmp_path):
+def test_pixel_spacing_gives_the_affine(tmp_path, caplog):
     write_dicom_cr(tmp_path / "image.dcm", ASYMMETRIC, pixel_spacing=(0.15, 0.3))
-    np.testing.assert_allclose(read_radiograph(tmp_path / "image.dcm").affine, np.diag([0.15, 0.3, 1.0, 1.0]))
+    radiograph = read_radiograph(tmp_path / "image.dcm")
+    np.testing.assert_allclose(radiograph.affine, np.diag([0.15, 0.3, 1.0, 1.0]))
+    assert radiograph.spacing_source == "PixelSpacing" and not caplog.records
     _edited(tmp_path / "image.dcm", lambda dataset: delattr(dataset, "PixelSpacing"))
-    np.testing.assert_allclose(read_radiograph(tmp_path / "image.dcm").affine, np.diag([0.15, 0.3, 1.0, 1.0]))
+    radiograph = read_radiograph(tmp_path / "image.dcm")
+    np.testing.assert_allclose(radiograph.affine, np.diag([0.15, 0.3, 1.0, 1.0]))
+    assert radiograph.spacing_source == "ImagerPixelSpacing"
     _edited(tmp_path / "image.dcm", lambda dataset: delattr(dataset, "ImagerPixelSpacing"))
-    np.testing.assert_allclose(read_radiograph(tmp_path / "image.dcm").affine, np.eye(4))
+    radiograph = read_radiograph(tmp_path / "image.dcm")
+    np.testing.assert_allclose(radiograph.affine, np.eye(4))
+    assert radiograph.spacing_source == "unknown"
+    assert "there is no PixelSpacing and there is no ImagerPixelSpacing" in caplog.records[-1].getMessage()
+
+
+def test_zero_pixel_spacing_falls_back_to_imager_pixel_spacing(tmp_path, caplog):
+    write_dicom_cr(tmp_path / "image.dcm", ASYMMETRIC, pixel_spacing=(0.15, 0.3))
+    _edited(tmp_path / "image.dcm", lambda dataset: setattr(dataset, "PixelSpacing", [0, 0]))
+    radiograph = read_radiograph(tmp_path / "image.dcm")
+    np.testing.assert_allclose(radiograph.affine, np.diag([0.15, 0.3, 1.0, 1.0]))
+    assert radiograph.spacing_source == "ImagerPixelSpacing"
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and str(tmp_path / "image.dcm") in record.getMessage()
+    assert "PixelSpacing (0.0, 0.0) is not usable; using ImagerPixelSpacing (0.15, 0.3) mm" in record.getMessage()
+
+
+def _non_numeric_spacing(path):
+    """Both spacing attributes of `path` (written as 0.25\\0.25) made non-numeric, of the same length."""
+    path.write_bytes(path.read_bytes().replace(b"0.25\\0.25", b"ab\\cd0.25"))
+
+
+UNUSABLE_SPACINGS = {
+    "zero": (lambda path: _edited(path, lambda d: setattr(d, "PixelSpacing", [0, 0])), "(0.0, 0.0) is not usable"),
+    "negative": (lambda path: _edited(path, lambda d: setattr(d, "PixelSpacing", [-1, 1])), "(-1.0, 1.0) is not"),
+    "one_value": (lambda path: _edited(path, lambda d: setattr(d, "PixelSpacing", "0.2")), "(0.2,) is not usable"),
+    "empty": (lambda path: _edited(path, lambda d: setattr(d, "PixelSpacing", "")), "PixelSpacing is empty"),
+    "missing": (lambda path: _edited(path, lambda d: delattr(d, "PixelSpacing")), "there is no PixelSpacing"),
+    "non_numeric": (_non_numeric_spacing, "PixelSpacing ['ab', 'cd0.25'] is not numeric"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE_SPACINGS)
+def test_unusable_spacing_is_unknown_and_logged_once(tmp_path, caplog, case):
+    write_dicom_cr(tmp_path / "image.dcm", ASYMMETRIC, pixel_spacing=(0.25, 0.25))
+    spoil, problem = UNUSABLE_SPACINGS[case]
+    if case != "non_numeric":
+        _edited(tmp_path / "image.dcm", lambda dataset: delattr(dataset, "ImagerPixelSpacing"))
+    spoil(tmp_path / "image.dcm")
+    loader = LoadImaged(keys="image", reader=RadiographReader(), ensure_channel_first=True)
+    image = loader({"image": str(tmp_path / "image.dcm")})["image"]
+    np.testing.assert_array_equal(image[0].numpy(), ASYMMETRIC)
+    np.testing.assert_allclose(image.affine.numpy(), np.eye(4))
+    np.testing.assert_allclose(image.meta["pixel_spacing"], [1.0, 1.0])
+    assert image.meta["pixel_spacing_source"] == "unknown"
+    [record] = [record for record in caplog.records if record.name == "common.data.radiograph_io"]
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and message.startswith(f"{tmp_path / 'image.dcm'}: ")
+    assert problem in message and message.endswith("pixel spacing unknown, using 1 unit per pixel")
+
+
+def test_spacing_source_of_png_and_nifti(tmp_path, caplog):
+    write_png(tmp_path / "image.png", ASYMMETRIC, bit_depth=8)
+    nib.save(nib.Nifti1Image(ASYMMETRIC.astype(np.float32), np.diag([0.5, 0.7, 1.0, 1.0])), tmp_path / "x.nii.gz")
+    assert read_radiograph(tmp_path / "image.png").spacing_source == "unknown"  # PNG has no spacing to be wrong
+    assert read_radiograph(tmp_path / "x.nii.gz").spacing_source == "affine"
+    assert not caplog.records
+
+
+@pytest.fixture(scope="module")
+def rg1(tmp_path_factory) -> Path:
+    """RG1_UNCR.dcm of pydicom-data (a real CR chest radiograph with PixelSpacing 0\\0); skipped when unavailable."""
+    return rg1_path(tmp_path_factory)
+
+
+def test_real_computed_radiograph_with_zero_spacing_is_read(rg1, caplog):
+    radiograph = read_radiograph(rg1)
+    image = LoadImaged(keys="image", reader=RadiographReader(), ensure_channel_first=True)({"image": str(rg1)})["image"]
+    assert radiograph.array.shape == (1955, 1841) and image.shape == (1, 1955, 1841)
+    assert radiograph.spacing_source == image.meta["pixel_spacing_source"] == "unknown"
+    np.testing.assert_allclose(image.affine.numpy(), np.eye(4))
+    np.testing.assert_array_equal(image[0].numpy(), radiograph.array)
+    warnings = [record.getMessage() for record in caplog.records if record.name == "common.data.radiograph_io"]
+    assert len(warnings) == 2 and "RG1_UNCR.dcm: PixelSpacing (0.0, 0.0) is not usable" in warnings[0]
+    # MONOCHROME1 inverted: the open beam above the shoulder (top left) is dark, the mediastinum (centre) bright.
+    corner, centre = radiograph.array[:200, :200].mean(), radiograph.array[900:1100, 850:1000].mean()
+    assert corner < centre
 
 
 def test_dicom_without_suffix_is_recognised_by_its_preamble(tmp_path):

@@ -79,7 +79,8 @@ def train(args: argparse.Namespace) -> None:
     bundle = bundle_copy(args.run_dir)
     start = time.perf_counter()
     cli(bundle, "configs/train.json", "--dataset_dir", str(args.dataset_dir.resolve()), "--epochs", str(args.epochs),
-        "--output_dir", str((args.run_dir / "train").resolve()))  # fmt: skip
+        "--output_dir", str((args.run_dir / "train").resolve()),
+        *(["--initial_weights", str(args.initial_weights.resolve())] if args.initial_weights else []))  # fmt: skip
     print(f"training took {(time.perf_counter() - start) / 60:.1f} min in this call")
 
 
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--num_test", type=int, default=30)
     data.add_argument("--size", type=int, nargs=2, default=(256, 256))
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--ct_cache_dir", type=Path, default=REPO / "work" / "cache" / "ct",
+                      help="download folder of the labelled CTs the DRRs are projected from")  # fmt: skip
+    data.add_argument("--num_drr_training", type=int, default=60)
+    data.add_argument("--num_drr_validation", type=int, default=10)
+    data.add_argument("--num_drr_test", type=int, default=20)
     subcommands = {"train": train, "calibrate": calibrate, "ship": ship, "evaluate": evaluate, "latency": latency}
     for name, function in subcommands.items():
         command = commands.add_parser(name)
@@ -200,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("evaluate", "latency"):
             command.add_argument("--weights", type=Path, help="model.pt to use (default: the run's own)")
     commands.choices["train"].add_argument("--epochs", type=int, default=60)
-    commands.choices["evaluate"].add_argument("--eval_split", default="test", choices=("validation", "test"))
+    commands.choices["train"].add_argument("--initial_weights", type=Path, help="weights to start from")
+    commands.choices["evaluate"].add_argument(
+        "--eval_split", default="test", choices=("validation", "test", "test_drr")
+    )
     commands.choices["evaluate"].add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
     commands.choices["evaluate"].add_argument("--tag", default="", help="added to the result file names")
     commands.choices["latency"].add_argument("--size", type=int, default=2000)
@@ -209,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "data":
         path = write_xray_dataset(args.output_dir, args.num_training, args.num_validation, args.num_test,
-                                  size=tuple(args.size), seed=args.seed)  # fmt: skip
+                                  size=tuple(args.size), seed=args.seed, ct_cache_dir=args.ct_cache_dir,
+                                  num_drr_training=args.num_drr_training, num_drr_validation=args.num_drr_validation,
+                                  num_drr_test=args.num_drr_test)  # fmt: skip
         print(f"wrote {path}")
     else:
         args.function(args)

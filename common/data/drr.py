@@ -13,7 +13,8 @@ Physics, simplified:
 
 - parallel beam (no magnification or divergence) and monoenergetic attenuation linear in HU,
   ``μ = μ_water · max(0, 1 + HU / 1000)``; per view, ``μ_water`` is drawn in [0.017, 0.025] /mm and the bones' μ is
-  multiplied by a contrast factor in [1.0, 1.4] (low kVp: more bone contrast), standing in for the beam energy;
+  multiplied by a contrast factor in [1.6, 2.6] (HU are measured at about 70 keV; at the lower effective energies
+  of radiography calcium attenuates relatively more), drawn independently of the water value;
 - only the body attenuates: outside the body mask (the largest connected component of HU > -500 after a small
   opening, holes filled slice by slice so the lungs are inside) μ is 0, which removes the CT table, cushions and air;
 - the transmission ``exp(-∫μ dl)`` is the primary beam only (scatter is the acquisition model's business); the line
@@ -115,7 +116,8 @@ def load_ct_phantom(
         body_part: DICOM BodyPartExamined given to the projections.
 
     Raises:
-        ValueError: naming both files, when the label map's grid differs from the CT's.
+        ValueError: naming both files, when the label map's grid differs from the CT's; naming the CT, when it is
+            not 3D with at least two voxels of `voxel_mm` along each axis, or holds no body (HU > -500).
     """
     image, label = nib.as_closest_canonical(nib.load(image_path)), nib.as_closest_canonical(nib.load(label_path))
     if image.shape[:3] != label.shape[:3] or not np.allclose(image.affine, label.affine, atol=1e-2):
@@ -125,10 +127,14 @@ def load_ct_phantom(
         )
     source = np.asarray(image.header.get_zooms()[:3], dtype=float)
     factors = source / voxel_mm
+    if len(image.shape) < 3 or np.any(np.rint(np.asarray(image.shape[:3]) * factors) < 2):
+        raise ValueError(f"{image_path}: a CT of shape {image.shape} is too small to project at {voxel_mm} mm voxels")
     hu = ndimage.zoom(image.get_fdata(dtype=np.float32), factors, order=1)
     bone = ndimage.zoom(np.isin(np.asarray(label.dataobj), bone_values).astype(np.uint8), factors, order=0) > 0
     spacing = tuple(float(s) for s in source * (np.asarray(image.shape[:3]) - 1) / (np.asarray(hu.shape) - 1))
     body = body_mask(hu)
+    if not body.any():
+        raise ValueError(f"{image_path}: no body in this CT (no voxel above {BODY_HU} HU); is it in Hounsfield units?")
     mu = np.where(body, MU_WATER * np.maximum(0.0, 1.0 + hu / 1000.0), 0.0).astype(np.float32)
     faces = np.zeros_like(body)
     faces[[0, -1]], faces[:, [0, -1]] = True, True

@@ -1,10 +1,10 @@
 """Projection radiographs in and out: read DICOM, PNG/JPEG/TIFF or NIfTI as a viewer shows them, write DICOM CR.
 
 ``read_radiograph`` returns the image a DICOM viewer would display, as float32 with MONOCHROME2 meaning (high =
-bright = more dose reached the detector): the modality LUT (``RescaleSlope``/``RescaleIntercept``) is applied, then
-the VOI LUT or window (``WindowCenter``/``WindowWidth``) when the file has one, then MONOCHROME1 images are inverted
-within the output range of those LUTs, so that a MONOCHROME1 file and a MONOCHROME2 file of the same exposure read
-back alike. ``RadiographReader`` wraps it for MONAI::
+bright; on a radiograph, bright = more attenuation, less dose reached the detector): the modality LUT
+(``RescaleSlope``/``RescaleIntercept``) is applied, then the VOI LUT or window (``WindowCenter``/``WindowWidth``)
+when the file has one, then MONOCHROME1 images are inverted within the output range of those LUTs, so that a
+MONOCHROME1 file and a MONOCHROME2 file of the same exposure read back alike. ``RadiographReader`` wraps it for MONAI::
 
     LoadImaged(keys=["image", "label"], reader=RadiographReader(), ensure_channel_first=True)
 

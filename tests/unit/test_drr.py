@@ -155,3 +155,12 @@ def test_real_chest_ct_views_are_plausible() -> None:
         )
         assert 0.05 <= bone <= 0.8 and soft >= 0.1 and open_beam <= 0.6
         assert projected.body_part == "CHEST" and projected.transmission.min() > 1e-5
+
+
+def test_ct_without_body_or_too_small_is_refused_with_its_name(tmp_path: Path) -> None:
+    air = _write(np.full(SHAPE, -1000), tmp_path / "air.nii.gz", np.int16)
+    label = _write(np.zeros(SHAPE), tmp_path / "air_label.nii.gz", np.uint8)
+    with pytest.raises(ValueError, match=r"air\.nii\.gz: no body"):
+        load_ct_phantom(air, label, bone_values=(1,), voxel_mm=VOXEL)
+    with pytest.raises(ValueError, match=r"air\.nii\.gz: a CT of shape .* too small"):
+        load_ct_phantom(air, label, bone_values=(1,), voxel_mm=1000.0)

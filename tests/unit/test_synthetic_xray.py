@@ -6,11 +6,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 
+from common.data import package_data
+from common.data.package_data import LabelledCt
 from common.data.radiograph_io import read_radiograph
 from common.data.synthetic_xray import (
     BITS_STORED,
@@ -52,19 +55,23 @@ def test_labels_follow_the_geometry(body_part):
         assert transmission[label == 2].mean() < transmission[label == 1].mean()
 
 
-def test_image_is_a_quantised_detector_image():
-    compared = 0
-    for seed in range(6):
+def test_image_is_displayed_as_a_radiograph():
+    # As a viewer shows a real radiograph: open beam darkest, then soft tissue, bone, the collimated area brightest.
+    means = {name: [] for name in CLASS_NAMES.values()}
+    for seed in range(16):
         sample = generate_radiograph(np.random.default_rng(seed), SIZE)
         image = sample.image
         assert image.dtype == np.float32 and sample.bits_stored in BITS_STORED
         assert image.min() >= 0 and image.max() <= 2**sample.bits_stored - 1 and np.array_equal(image, np.rint(image))
         assert sample.pixel_spacing[0] == sample.pixel_spacing[1] > 0
-        exposed_open_beam, exposed_bone = sample.exposed & (sample.label == 0), sample.exposed & (sample.label == 2)
-        if exposed_open_beam.any() and exposed_bone.any():
-            assert image[exposed_bone].mean() < image[exposed_open_beam].mean()
-            compared += 1
-    assert compared >= 3
+        for value, name in CLASS_NAMES.items():
+            if (sample.label == value).sum() >= 4:
+                means[name].append(image[sample.label == value].mean() / (2**sample.bits_stored - 1))
+        if (sample.label == 0).any() and (sample.label == 2).any():
+            assert image[sample.label == 0].mean() < image[sample.label == 2].mean(), f"seed {seed}"
+    ordered = [np.mean(means[name]) for name in ("open_beam", "soft_tissue", "bone", "collimator")]
+    assert all(len(values) >= 3 for values in means.values())
+    assert ordered == sorted(ordered), ordered
 
 
 def test_same_seed_same_sample():
@@ -128,6 +135,7 @@ def test_dataset_dicom_encodings_vary_and_decode_to_the_detector_image(dataset, 
     assert any("RescaleSlope" in header for header in headers) and any("WindowCenter" in header for header in headers)
     for index, (entry, header) in enumerate(zip(entries, headers, strict=True)):
         sample = generate_radiograph(np.random.default_rng(np.random.SeedSequence(0, spawn_key=(index,))), SIZE)
+        assert header.PhotometricInterpretation in ("MONOCHROME1", "MONOCHROME2")
         assert entry["body_part"] == sample.body_part
         np.testing.assert_array_equal(np.asarray(Image.open(dataset.parent / entry["label"])), sample.label)
         png = np.asarray(Image.open(dataset.parent / "images_png" / f"xr_{index:03d}.png")).astype(np.int64)
@@ -145,9 +153,9 @@ def test_windowed_files_show_the_object_in_the_window(dataset, entries):
     for entry in windowed:
         pixels = read_radiograph(dataset.parent / entry["image"]).array
         label = np.asarray(Image.open(dataset.parent / entry["label"]))
-        # Open beam is displayed bright for MONOCHROME1 and MONOCHROME2 files alike.
+        # Open beam is displayed dark and bone bright, for MONOCHROME1 and MONOCHROME2 files alike.
         if (label == 0).any() and (label == 2).any():
-            assert pixels[label == 0].mean() > pixels[label == 2].mean()
+            assert pixels[label == 0].mean() < pixels[label == 2].mean()
             compared += 1
     assert compared >= 1, "no windowed file shows both open beam and bone"
 
@@ -160,3 +168,38 @@ def test_command_line(tmp_path, capsys):
     content = json.loads(datalist.read_text())
     assert len(content["training"]) == 1 and content["validation"] == [] and len(content["test"]) == 1
     assert read_radiograph(tmp_path / content["test"][0]["image"]).array.shape == (32, 40)
+
+
+def _cylinder_ct(folder: Path, name: str) -> LabelledCt:
+    """A water cylinder (radius 80 mm, 260 mm long, 4 mm voxels) with a bone rod labelled 1, as NIfTI files."""
+    voxel, shape = 4.0, (50, 50, 65)
+    x, y = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * voxel for n in shape[:2]), indexing="ij")
+    body = np.repeat((np.hypot(x, y) <= 80.0)[..., None], shape[2], axis=2)
+    rod = np.repeat((np.hypot(x - 20.0, y) <= 12.0)[..., None], shape[2], axis=2)
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    folder.mkdir(parents=True, exist_ok=True)
+    hu = np.where(rod, 1000, np.where(body, 0, -1000)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, affine), folder / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(rod.astype(np.uint8), affine), folder / f"{name}_label.nii.gz")
+    return LabelledCt(name, folder / f"{name}.nii.gz", folder / f"{name}_label.nii.gz", {"femur_left": 1}, "PELVIS")
+
+
+def test_dataset_with_drrs_keeps_the_test_ct_apart(tmp_path, monkeypatch):
+    cts = [_cylinder_ct(tmp_path / "cts", "seen"), _cylinder_ct(tmp_path / "cts", "held_out")]
+    monkeypatch.setattr(package_data, "labelled_cts", lambda cache_dir: cts)
+    datalist = write_xray_dataset(tmp_path / "xray", 2, 1, 1, (32, 32), seed=1, ct_cache_dir=tmp_path / "cts",
+                                  num_drr_training=2, num_drr_validation=1, num_drr_test=2)  # fmt: skip
+    content = json.loads(datalist.read_text())
+    assert [len(content[key]) for key in ("training", "validation", "test", "test_drr")] == [4, 2, 1, 2]
+    drr_names = [
+        entry["image"] for key in ("training", "validation") for entry in content[key] if "drr_" in entry["image"]
+    ]
+    assert drr_names == ["images/drr_000.dcm", "images/drr_001.dcm", "images/drr_002.dcm"]
+    assert [entry["image"] for entry in content["test_drr"]] == ["images/drr_003.dcm", "images/drr_004.dcm"]
+    for entry in content["training"][2:] + content["test_drr"]:
+        assert entry["body_part"] == "pelvis"
+        label = np.asarray(Image.open(datalist.parent / entry["label"]))
+        assert (label == 1).any() and (label == 2).any(), entry  # the cylinder and its rod
+        assert pydicom.dcmread(datalist.parent / entry["image"]).BodyPartExamined == "PELVIS"
+    with pytest.raises(ValueError, match="ct_cache_dir"):
+        write_xray_dataset(tmp_path / "none", 1, 0, 0, num_drr_training=1)

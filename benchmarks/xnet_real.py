@@ -38,21 +38,13 @@ import numpy as np
 from PIL import Image
 
 from common.data.json_io import write_json
-from common.data.package_data import Package, extract, fetch
+from common.data.package_data import rg1_radiograph
 from common.data.radiograph_io import RADIOGRAPH_SUFFIXES, RadiographReader, read_radiograph
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
-PYDICOM_DATA = Package("pydicom_data", "1.0.0", binary=True)  # the wheel's file name spelling
-RG1 = "data_store/data/RG1_UNCR.dcm"
 CLASS_NAMES = ("open_beam", "soft_tissue", "bone", "collimator")
 COLOURS = np.array([[0, 0, 0], [220, 60, 60], [250, 220, 60], [60, 110, 250]], dtype=np.uint8)
-
-
-def fetch_rg1(cache_dir: Path) -> Path:
-    """RG1 (uncompressed) from the pydicom-data wheel in `cache_dir`, downloaded and extracted when missing."""
-    root = extract(fetch(PYDICOM_DATA, cache_dir), [RG1], cache_dir / f"pydicom-data-{PYDICOM_DATA.version}")
-    return root / RG1
 
 
 def class_means(image_path: Path, label_path: Path) -> dict:
@@ -149,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     draw.add_argument("--weights", type=Path, default=BUNDLE / "models" / "model.pt")
     args = parser.parse_args(argv)
     if args.command == "fetch":
-        path = fetch_rg1(args.cache_dir)
+        path = rg1_radiograph(args.cache_dir)
         if args.copy_to:
             args.copy_to.mkdir(parents=True, exist_ok=True)
             path = Path(shutil.copy2(path, args.copy_to))

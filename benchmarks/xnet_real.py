@@ -44,6 +44,13 @@ from common.data.radiograph_io import RADIOGRAPH_SUFFIXES, RadiographReader, rea
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
 CLASS_NAMES = ("open_beam", "soft_tissue", "bone", "collimator")
+# Regions of RG1 (1955 × 1841) a reader can check without a reference label, as (rows, columns) slices: the dark open
+# beam above each shoulder, the lung fields, the mediastinum and spine. The bundle test checks the shipped weights
+# on them; ``overlay`` reports each region's class fractions.
+RG1_OPEN_BEAM = {"above the right shoulder": (slice(50, 110), slice(60, 160)),
+                 "above the left shoulder": (slice(50, 110), slice(-220, -120))}  # fmt: skip
+RG1_BODY = {"right lung": (slice(600, 800), slice(400, 550)), "left lung": (slice(600, 800), slice(1300, 1450)),
+            "mediastinum and spine": (slice(800, 1100), slice(880, 960))}  # fmt: skip
 COLOURS = np.array([[0, 0, 0], [220, 60, 60], [250, 220, 60], [60, 110, 250]], dtype=np.uint8)
 
 
@@ -108,8 +115,21 @@ def overlay(args: argparse.Namespace) -> None:
         label = np.rint(read_radiograph(mask_path).array).astype(np.int64)
         overlay_png(image, label, args.output_dir / f"{_stem(image_path)}_overlay.png")
         summary[image_path.name] = class_means(image_path, mask_path)
+        if label.shape == (1955, 1841) and image_path.name.startswith("RG1"):
+            summary[image_path.name]["rg1_regions"] = rg1_region_fractions(label)
+            print(f"RG1 regions: {summary[image_path.name]['rg1_regions']}")
         print(f"{image_path.name}: fractions {_rounded(summary[image_path.name]['fraction'])}")
     write_json(summary, args.output_dir / "summary.json")
+
+
+def rg1_region_fractions(label: np.ndarray) -> dict:
+    """Class fractions (open beam, soft tissue, bone, collimator) in each region of ``RG1_OPEN_BEAM`` and
+    ``RG1_BODY`` of RG1's label map (1955, 1841)."""
+    regions = {**RG1_OPEN_BEAM, **RG1_BODY}
+    return {
+        name: _rounded({c: float((label[box] == v).mean()) for v, c in enumerate(CLASS_NAMES)})
+        for name, box in regions.items()
+    }
 
 
 def _stem(path: Path) -> str:

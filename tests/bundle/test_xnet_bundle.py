@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from benchmarks.xnet_real import RG1_BODY, RG1_OPEN_BEAM
 from common.data.radiograph_io import read_radiograph, write_dicom_cr, write_png
 from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
 from common.handlers.checkpoint import load_weights
@@ -228,14 +229,6 @@ def test_shipped_weights_segment_new_generated_radiographs(tmp_path):
         probabilities = torch.nn.functional.interpolate(probabilities, size=(256, 256), mode="bilinear")
         metric.update(probabilities, torch.as_tensor(sample.label)[None, None])
     assert metric.aggregate()["f1_macro"] >= MIN_SHIPPED_F1
-
-
-# Regions of the real chest radiograph RG1 (1955 × 1841) that a reader can check without a reference label, as
-# (rows, columns) slices: the dark open beam above each shoulder, the lung fields, and the mediastinum and spine.
-RG1_OPEN_BEAM = {"above the right shoulder": (slice(50, 110), slice(60, 160)),
-                 "above the left shoulder": (slice(50, 110), slice(-220, -120))}  # fmt: skip
-RG1_BODY = {"right lung": (slice(600, 800), slice(400, 550)), "left lung": (slice(600, 800), slice(1300, 1450)),
-            "mediastinum and spine": (slice(800, 1100), slice(880, 960))}  # fmt: skip
 
 
 def test_shipped_weights_on_the_real_chest_radiograph_rg1(tmp_path_factory, tmp_path):

@@ -166,30 +166,6 @@ def _call_times(run: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def conv_throughput(
-    threads: int = 2,
-    height: int = 190,
-    width: int = 140,
-    batch: int = 4,
-    channels: int = 64,
-    repeats: int = 5,
-) -> float:
-    """The machine's achievable convolution FLOP/s on ``threads`` threads: the limit the encoder is held to.
-
-    A dense 3x3 convolution, ``channels`` -> ``channels``, on (batch, channels, H, W), in each implementation of
-    :func:`_reference_conv` (``nn.Conv2d`` contiguous and channels-last, oneDNN with a pre-reordered weight);
-    the fastest one's median over ``repeats`` calls after a warm-up.
-    """
-    with num_threads(threads):
-        best = 0.0
-        for implementation in _reference_implementations():
-            run = _reference_conv(channels, height, width, batch, implementation)
-            run()
-            seconds = statistics.median(_call_times(run, repeats))
-            best = max(best, _conv_flops(channels, height, width, batch) / seconds)
-    return best
-
-
 def _slices(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """(batch, 1, H, W) smooth random images in [0, 255], the encoder's input range."""
     generator = torch.Generator().manual_seed(seed)
@@ -231,28 +207,6 @@ def _prepare(
     return run, time.perf_counter() - start
 
 
-def encoder_time_per_slice(
-    network: Sli2VolNet,
-    height: int = 190,
-    width: int = 140,
-    batch: int = 4,
-    threads: int = 2,
-    channels_last: bool = False,
-    compiled: bool = False,
-    repeats: int = 5,
-) -> float:
-    """Median seconds per slice of ``network.encode`` on (batch, 1, H, W) after a warm-up.
-
-    Runs the path ``network.encoder.fused_inference`` selects (the fused path ignores ``channels_last``: it is
-    channels-last inside). ``compiled``: ``torch.compile`` with freezing, compile time excluded.
-    """
-    with num_threads(threads):
-        run, _ = _prepare(
-            network, _slices(batch, height, width), network.encoder.fused_inference, channels_last, compiled
-        )
-        return statistics.median(_call_times(run, repeats)) / batch
-
-
 def encoder_efficiency(
     threads: int = 2,
     height: int = 190,
@@ -264,7 +218,7 @@ def encoder_efficiency(
 ) -> dict:
     """Per slice, measured seconds against the FLOP-bound seconds, for each encoder, batch and variant.
 
-    For each encoder and batch, the variants and the reference convolution (:func:`conv_throughput`'s, at the
+    For each encoder and batch, the variants and the reference convolution (a dense 3x3, 64 -> 64 channels, at the
     same batch) are warmed up, then run interleaved ``repeats`` times; the limit is the reference's median
     FLOP/s, the fastest of its implementations (:func:`_reference_conv`).
 

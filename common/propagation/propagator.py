@@ -23,6 +23,9 @@ FILL_MODES = ("interpolate", "propagate")
 BETWEEN_MODES = ("propagate", "interpolate", "union")
 
 
+BLOCK_SIZE = 8  # slices encoded per batch along the walk; inference.json states its own
+
+
 class SliceFeatures:
     """Features of a volume's slices, encoded when first needed, a block at a time, and kept.
 
@@ -32,7 +35,7 @@ class SliceFeatures:
         block_size: slices encoded per call.
     """
 
-    def __init__(self, model: nn.Module, slices: torch.Tensor, block_size: int = 8) -> None:
+    def __init__(self, model: nn.Module, slices: torch.Tensor, block_size: int = BLOCK_SIZE) -> None:
         self.model, self.slices, self.block_size = model, slices, max(1, int(block_size))
         self.cache: dict[int, torch.Tensor] = {}
 
@@ -126,7 +129,7 @@ class SlicePropagator:
         verification: bool = True,
         ring_iterations: int = 5,
         clean: bool = True,
-        block_size: int = 8,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
         if fill not in FILL_MODES:
             raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")

@@ -42,11 +42,13 @@ demo: $(STAMP)
 test: $(STAMP) $(LABEL_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	LABEL_SERVER_PYTHON=$(LABEL_PY) $(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format .

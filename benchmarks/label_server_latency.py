@@ -25,12 +25,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import requests
+from tqdm import tqdm
 
-from common.data.radiograph_io import read_radiograph
-from common.data.synthetic_xray import write_xray_dataset
-from common.label_server_launcher import LabelServerProcess
+from common.xnet.radiograph_io import read_radiograph
+from tools.bundle_command import bundle_command
+from tools.synthetic_xray import write_xray_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+# the app's lib/ follows MONAI Label's layout: a folder on the path, not an installed package
+sys.path.insert(0, str(REPO / "apps" / "monailabel"))
+from lib.server_process import LabelServerProcess  # noqa: E402
 
 
 def _axial_seed(label_file: Path, seed_file: Path) -> None:
@@ -42,18 +46,10 @@ def _axial_seed(label_file: Path, seed_file: Path) -> None:
 
 
 def _cli_seconds(bundle: str, image: Path, label: Path | None, output_dir: Path, extra: list[str]) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"{REPO}/bundles/{bundle}/configs/inference.json",
-    ]
-    command += ["--bundle_root", f"{REPO}/bundles/{bundle}", "--image" if label else "--input_dir"]
-    command += [str(image) if label else str(image.parent), "--output_dir", str(output_dir), *extra]
-    if label:
-        command += ["--label", str(label)]
+    folder = REPO / "bundles" / bundle
+    inputs = ["--image", str(image)] if label else ["--input_dir", str(image.parent)]
+    overrides = [*inputs, "--output_dir", str(output_dir), *extra, *(["--label", str(label)] if label else [])]
+    command = bundle_command(folder / "configs" / "inference.json", bundle_root=folder, overrides=overrides)
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
     return time.perf_counter() - start
@@ -120,7 +116,7 @@ def main() -> None:
     with LabelServerProcess.start(
         args.label_python, args.work_dir / "studies", args.work_dir / "server.log", conf, env
     ) as server:
-        for case in cases:
+        for case in tqdm(cases, desc="cases", unit="image", disable=None):
             params = {"result_extension": ".nii.gz"}
             extra = ["--output_postfix", "cli"]
             http_out = args.work_dir / f"{case['id']}_http.nii.gz"
@@ -150,7 +146,8 @@ def main() -> None:
             if "truth" in case:
                 row["dice"] = _dice(http_mask > 0, np.asarray(nib.load(case["truth"]).dataobj) > 0)
             rows.append(row)
-            print(row, flush=True)
+            tqdm.write(str(row))  # above the bar
+            sys.stdout.flush()
     print("\n| model | image | size | `monai.bundle run` (s) | server request (s) | ratio | same mask | Dice |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

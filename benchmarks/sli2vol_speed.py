@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common.networks import Sli2VolNet  # noqa: E402
-from common.networks import sli2vol as sli2vol_module  # noqa: E402
+from common.sli2vol import Sli2VolNet  # noqa: E402
+from common.sli2vol import network as sli2vol_module  # noqa: E402
 
 INFERENCE_CONFIG = REPO / "bundles" / "sli2vol" / "configs" / "inference.json"
 PAPER_ENCODER = {"channels": (16, 32, 64, 128), "blocks_per_stage": 2, "feature_channels": 64}
@@ -86,7 +86,7 @@ def encoder_flops(network: Sli2VolNet, height: int, width: int) -> float:
     rather than compute-bound; in the fused path batch norm is folded into the convolutions and costs nothing).
 
     Args:
-        network: a :class:`~common.networks.Sli2VolNet` (not modified).
+        network: a :class:`~common.sli2vol.Sli2VolNet` (not modified).
         height: slice height H.
         width: slice width W.
 

@@ -22,9 +22,8 @@ import csv
 import json
 import shlex
 import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
 from monai.utils import set_determinism
+from tqdm import tqdm
 
-from common.data.synthetic_ct import generate_synthetic_ct
+from tools.bundle_command import bundle_command
+from tools.synthetic_ct import generate_synthetic_ct
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "smile"
@@ -41,11 +42,12 @@ CONFIGS = {
     "smile": ["configs/train.json"],
     "baseline": ["configs/train.json", "configs/train_baseline.json"],
 }
+# evaluation runs what inference runs (inference.json, plus the baseline's overlay), with the evaluate.json overlay
+EVALUATION_CONFIGS = {
+    "smile": ["configs/inference.json", "configs/evaluate.json"],
+    "baseline": ["configs/inference.json", "configs/inference_baseline.json", "configs/evaluate.json"],
+}
 ORGANS = ("liver", "pancreas", "stomach")
-
-
-def _config_arg(files: list[str]) -> str:
-    return "[" + ",".join(f"'{BUNDLE / f}'" for f in files) + "]"
 
 
 def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, seed: int, args) -> dict:
@@ -57,7 +59,7 @@ def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, 
     if done.is_file():
         return json.loads(done.read_text())
     common = [
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"),
+        "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"),
         "--output_dir", str(run_dir / "eval"), "--missing_rate", str(alpha), "--seed", str(seed),
         "--num_workers", "0",
     ]  # fmt: skip
@@ -68,10 +70,10 @@ def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, 
                 CONFIGS[method],
                 ["--epochs", str(args.epochs), "--val_interval", str(args.val_interval), *args.bundle_args],
             ),
-            ([*CONFIGS[method], "configs/evaluate.json"], []),
+            (EVALUATION_CONFIGS[method], []),
         ):
-            command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_arg(config)]
-            subprocess.run([*command, *common, *extra], check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            command = bundle_command([BUNDLE / f for f in config], bundle_root=BUNDLE, overrides=[*common, *extra])
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     dice = read_test_dice(run_dir / "eval" / "val_mean_dice_summary.csv")
     done.write_text(json.dumps(dice, indent=4) + "\n")
     return dice
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             for alpha, method, seed in runs
         }  # fmt: skip
+        for _ in tqdm(as_completed(futures.values()), total=len(futures), desc="trainings", unit="run", disable=None):
+            pass
         results = {run: future.result() for run, future in futures.items()}
     dataset = args.output_dir / f"seed_{args.seeds[0]}" / "data"
     num_test = len(json.loads((dataset / "dataset.json").read_text())["test"])

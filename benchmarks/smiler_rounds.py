@@ -4,7 +4,7 @@ For each missing rate alpha, on generated abdominal CT and through the real ``mo
 
 - ``baseline``: the SMILE bundle's softmax overlay, ``--initial_epochs`` epochs;
 - ``smile``: the SMILE bundle, ``--initial_epochs`` epochs, with the SMILEr network (dropout, for MC dropout);
-- every SMILEr variant starts from that SMILE model (``initial_ckpt``) and runs ``--num_rounds`` rounds of
+- every SMILEr variant starts from that SMILE model (``initial_weights``) and runs ``--num_rounds`` rounds of
   ``--round_epochs`` epochs:
   ``confidence``, ``uncertainty`` (MC dropout, std), ``crest`` (confidence with CReST rates, alpha 1/3),
   ``no_pseudo`` (the same rounds with ``pseudo_weight 0``: extra SMILE epochs with warm restarts, the control
@@ -29,15 +29,16 @@ import csv
 import json
 import shlex
 import subprocess
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from smile_missing_labels import read_test_dice
+from tqdm import tqdm
 
-from common.data.synthetic_ct import generate_synthetic_ct
+from tools.bundle_command import bundle_command
+from tools.synthetic_ct import generate_synthetic_ct
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -49,7 +50,7 @@ VARIANTS = {  # overrides of the SMILEr settings given on the command line
     "no_pseudo": {"selection": "confidence", "pseudo_weight": 0.0},
     "scratch": {"selection": "confidence", "retrain": "scratch"},
     # diagnostics, run on request: stricter candidates, or a smaller final share
-    "threshold_0.9": {"selection": "confidence", "threshold": 0.9},
+    "threshold_0.9": {"selection": "confidence", "pseudo_label_threshold": 0.9},
     "gamma_max_0.5": {"selection": "confidence", "gamma_max": 0.5},
 }
 DIAGNOSTICS = ("threshold_0.9", "gamma_max_0.5")
@@ -57,12 +58,10 @@ METHODS = ("baseline", "smile", *VARIANTS)
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in DIAGNOSTICS)
 
 
-def _configs(bundle: str, *files: str) -> str:
-    return "[" + ",".join(f"'{BUNDLES / bundle / 'configs' / f}'" for f in files) + "]"
-
-
-def _cli(config: str, arguments: list[str], log) -> None:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *arguments]
+def _cli(bundle: str, files: tuple[str, ...], arguments: list[str], log) -> None:
+    """``monai.bundle run`` of ``files`` (merged in order) from ``bundles/<bundle>/configs``, output to ``log``."""
+    folder = BUNDLES / bundle
+    command = bundle_command([folder / "configs" / f for f in files], bundle_root=folder, overrides=arguments)
     subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
@@ -83,21 +82,21 @@ def run_method(method: str, alpha: float, dataset: Path, run_dir: Path, smile: F
         if method in ("baseline", "smile"):
             files = ("train.json", "train_baseline.json") if method == "baseline" else ("train.json",)
             training = ["--epochs", str(args.initial_epochs), "--val_interval", str(args.val_interval)]
-            _cli(_configs("smile", *files), [*shared, "--bundle_root", str(BUNDLES / "smile"), "--output_dir",
-                 str(run_dir / "eval"), *training, *args.bundle_args], log)  # fmt: skip
-            evaluation = (_configs("smile", *files, "evaluate.json"), "smile")
+            _cli("smile", files, [*shared, "--output_dir", str(run_dir / "eval"), *training, *args.bundle_args], log)
+            inference = ("inference.json", "inference_baseline.json") if method == "baseline" else ("inference.json",)
+            evaluation = ("smile", (*inference, "evaluate.json"))
         else:
             settings = {
-                "initial_ckpt": smile_dir / "models" / "model.pt", "num_rounds": args.num_rounds,
+                "initial_weights": smile_dir / "models" / "model.pt", "num_rounds": args.num_rounds,
                 "round_epochs": args.initial_epochs if method == "scratch" else args.round_epochs,
                 "gamma_max": args.gamma_max, "val_interval": args.val_interval, **VARIANTS[method],
             }  # fmt: skip
             training = [text for key, value in settings.items() for text in (f"--{key}", str(value))]
-            _cli(_configs("smiler", "train.json"), [*shared, "--bundle_root", str(BUNDLES / "smiler"), "--output_dir",
-                 str(run_dir / "eval"), *training, *args.bundle_args], log)  # fmt: skip
-            evaluation = (_configs("smiler", "train.json", "evaluate.json"), "smiler")
-        config, bundle = evaluation
-        _cli(config, [*shared, "--bundle_root", str(BUNDLES / bundle), "--output_dir", str(run_dir / "test")], log)
+            _cli("smiler", ("train.json",), [*shared, "--output_dir", str(run_dir / "eval"), *training,
+                 *args.bundle_args], log)  # fmt: skip
+            evaluation = ("smiler", ("inference.json", "evaluate.json"))
+        bundle, files = evaluation
+        _cli(bundle, files, [*shared, "--output_dir", str(run_dir / "test")], log)
     dice = read_test_dice(run_dir / "test" / "val_mean_dice_summary.csv")
     done.write_text(json.dumps(dice, indent=4) + "\n")
     return dice
@@ -175,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                 run_dir = args.output_dir / f"a{alpha}" / method
                 smile = futures[alpha, "smile"]
                 futures[alpha, method] = pool.submit(run_method, method, alpha, dataset, run_dir, smile, args)
+        for _ in tqdm(as_completed(futures.values()), total=len(futures), desc="trainings", unit="run", disable=None):
+            pass
         results = {run: future.result() for run, future in futures.items() if run[1] in args.methods}
     rounds = {
         (alpha, method): read_rounds(args.output_dir / f"a{alpha}" / method / "eval" / "rounds.csv")

@@ -31,15 +31,16 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from common.data.json_io import write_json
-from common.data.package_data import rg1_radiograph
-from common.data.radiograph_io import RADIOGRAPH_SUFFIXES, RadiographReader, read_radiograph
+from common.xnet.radiograph_io import RADIOGRAPH_SUFFIXES, RadiographReader, read_radiograph
+from tools.bundle_command import bundle_command
+from tools.package_data import rg1_radiograph
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
@@ -94,9 +95,10 @@ def overlay_png(image: np.ndarray, label: np.ndarray, path: Path, width: int = 1
 def run_inference(input_dir: Path, output_dir: Path, weights: Path) -> None:
     """The bundle's inference.json through the ``monai.bundle`` CLI on every file of `input_dir`; a file it refuses
     is reported by the bundle and leaves no mask."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-               "--bundle_root", str(BUNDLE), "--input_dir", str(input_dir), "--output_dir", str(output_dir),
-               "--ckpt_path", str(weights)]  # fmt: skip
+    command = bundle_command(
+        BUNDLE / "configs" / "inference.json", bundle_root=BUNDLE,
+        overrides=["--input_dir", str(input_dir), "--output_dir", str(output_dir), "--ckpt_path", str(weights)],
+    )  # fmt: skip
     if subprocess.run(command).returncode:
         print(f"the bundle refused some files of {input_dir} (see its summary above); drawing the others")
 
@@ -107,7 +109,7 @@ def overlay(args: argparse.Namespace) -> None:
     masks = args.output_dir / "masks"
     run_inference(args.input_dir, masks, args.weights)
     summary = {}
-    for image_path in sorted(args.input_dir.iterdir()):
+    for image_path in tqdm(sorted(args.input_dir.iterdir()), desc="overlays", unit="file", disable=None):
         mask_path = masks / f"{_stem(image_path)}_seg.nii.gz"
         if not (image_path.is_file() and RadiographReader().verify_suffix(image_path) and mask_path.is_file()):
             continue
@@ -117,8 +119,8 @@ def overlay(args: argparse.Namespace) -> None:
         summary[image_path.name] = class_means(image_path, mask_path)
         if label.shape == (1955, 1841) and image_path.name.startswith("RG1"):
             summary[image_path.name]["rg1_regions"] = rg1_region_fractions(label)
-            print(f"RG1 regions: {summary[image_path.name]['rg1_regions']}")
-        print(f"{image_path.name}: fractions {_rounded(summary[image_path.name]['fraction'])}")
+            tqdm.write(f"RG1 regions: {summary[image_path.name]['rg1_regions']}")
+        tqdm.write(f"{image_path.name}: fractions {_rounded(summary[image_path.name]['fraction'])}")
     write_json(summary, args.output_dir / "summary.json")
 
 

@@ -10,9 +10,10 @@ Subcommands, each through the bundle's own configs:
 - ``train``: trains a copy of the bundle with the real ``monai.bundle`` CLI (resumable: run it again after an
   interruption); ``calibrate`` fits the temperature on the validation section (``configs/calibrate.json``);
   ``ship`` copies the weights into ``bundles/xnet/models/model.pt`` as float16.
-- ``evaluate``: runs ``configs/evaluate.json`` on one section (``--eval_split``: choose post-processing on
-  "validation", report on "test" and "test_drr") once per post-processing variant (none, soft-tissue thresholds, bone
-  openings) and prints one table; writes ``results_<split>.{md,json}``.
+- ``evaluate``: runs ``configs/inference.json`` with the ``configs/evaluate.json`` overlay on one datalist section
+  (``--datalist_key``: choose post-processing on "validation", report on "test" and "test_drr") once per
+  post-processing variant (none, soft-tissue thresholds, bone openings) and prints one table; writes
+  ``results_<section>.{md,json}``.
 - ``latency``: seconds per 2000×2000 DICOM radiograph through ``configs/inference.json`` (read, resize,
   network, probabilities back to 2000×2000, post-processing, NIfTI written) on the CPU, and the network alone.
 
@@ -25,10 +26,10 @@ Example (the bundle README's numbers)::
     python benchmarks/xnet_synthetic.py calibrate --dataset_dir work/xray --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py ship --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
-        --eval_split validation
+        --datalist_key validation
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
-        --eval_split test_drr --variants "none (argmax)" "bone opening 3"
+        --datalist_key test_drr --variants "none (argmax)" "bone opening 3"
     python benchmarks/xnet_synthetic.py evaluate --dataset_dir work/xray --run_dir work/bench_xnet \\
         --weights work/bench_xnet/bundle/models/model_uncalibrated.pt --variants "none (argmax)" --tag uncalibrated
     python benchmarks/xnet_synthetic.py latency --run_dir work/bench_xnet
@@ -40,7 +41,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,8 +50,9 @@ from monai.bundle import ConfigWorkflow
 
 from common.data.atomic import atomic_target
 from common.data.json_io import write_json
-from common.data.radiograph_io import write_dicom_cr
-from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
+from common.xnet.radiograph_io import write_dicom_cr
+from tools.bundle_command import bundle_command
+from tools.synthetic_xray import generate_radiograph, write_xray_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "xnet"
@@ -74,10 +75,9 @@ def bundle_copy(run_dir: Path) -> Path:
     return bundle
 
 
-def cli(bundle: Path, config: str, *overrides: str) -> None:
-    """``python -m monai.bundle run`` with ``config`` (a file name or a list of them) in ``bundle``."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config,
-               "--meta_file", "configs/metadata.json", "--bundle_root", ".", *overrides]  # fmt: skip
+def cli(bundle: Path, config: str | list[str], *overrides: str) -> None:
+    """``python -m monai.bundle run`` with ``config`` (a file name or a list of them, merged in order) in ``bundle``."""
+    command = bundle_command(config, bundle_root=".", meta_file="configs/metadata.json", overrides=overrides)
     subprocess.run(command, cwd=bundle, check=True)
 
 
@@ -97,7 +97,7 @@ def calibrate(args: argparse.Namespace) -> None:
     weights = bundle / "models" / "model.pt"
     if not weights.with_name("model_uncalibrated.pt").exists():
         shutil.copy2(weights, weights.with_name("model_uncalibrated.pt"))
-    cli(bundle, "['configs/train.json','configs/calibrate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
+    cli(bundle, ["configs/train.json", "configs/calibrate.json"], "--dataset_dir", str(args.dataset_dir.resolve()),
         "--output_dir", str((args.run_dir / "calibrate").resolve()))  # fmt: skip
     print((args.run_dir / "calibrate" / "temperature.json").read_text())
 
@@ -115,14 +115,17 @@ def evaluate(args: argparse.Namespace) -> None:
     bundle = bundle_copy(args.run_dir)
     weights = (args.weights or bundle / "models" / "model.pt").resolve()
     results = {}
-    tag = f"{args.eval_split}_{args.tag}" if args.tag else args.eval_split
+    tag = f"{args.datalist_key}_{args.tag}" if args.tag else args.datalist_key
+    chosen = [variant for variant in VARIANTS if not args.variants or variant in args.variants]
     for index, (variant, overrides) in enumerate(VARIANTS.items()):
-        if args.variants and variant not in args.variants:
+        if variant not in chosen:
             continue
+        # a header, not a bar: the bundle's own output goes to this terminal and would break a bar's line
+        print(f"== variant {chosen.index(variant) + 1}/{len(chosen)}: {variant}", flush=True)
         output_dir = (args.run_dir / f"evaluate_{tag}" / str(index)).resolve()
-        cli(bundle, "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(args.dataset_dir.resolve()),
-            "--ckpt_path", str(weights), "--output_dir", str(output_dir), "--eval_split", args.eval_split,
-            *overrides)  # fmt: skip
+        cli(bundle, ["configs/inference.json", "configs/evaluate.json"], "--dataset_dir",
+            str(args.dataset_dir.resolve()), "--ckpt_path", str(weights), "--output_dir", str(output_dir),
+            "--datalist_key", args.datalist_key, *overrides)  # fmt: skip
         results[variant] = json.loads((output_dir / "metrics.json").read_text())
     table = report(results)
     print(table)
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.choices["train"].add_argument("--epochs", type=int, default=60)
     commands.choices["train"].add_argument("--initial_weights", type=Path, help="weights to start from")
     commands.choices["evaluate"].add_argument(
-        "--eval_split", default="test", choices=("validation", "test", "test_drr")
+        "--datalist_key", default="test", choices=("validation", "test", "test_drr")
     )
     commands.choices["evaluate"].add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
     commands.choices["evaluate"].add_argument("--tag", default="", help="added to the result file names")

@@ -1,7 +1,9 @@
-"""Shared library of the annotation-efficient MONAI bundles: data, transforms, losses, networks, engines.
+"""Shared library of the annotation-efficient MONAI bundles.
 
-Subpackages load on first attribute access (``common.transforms.SmileTargetd`` in a bundle config after
-``$import common``), so light tools such as the data generator do not pay for importing torch and MONAI.
+Shared primitives by kind (``data``, ``transforms``, ``handlers``, ``metrics``) and one package per method
+(``smile``, ``sli2vol``, ``xnet``) with what only that method uses. Methods import primitives, never each
+other. Subpackages load on first attribute access (``common.smile.SmileTargetd`` in a bundle config after
+``$import common``), so light tools do not pay for importing torch and MONAI.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBPACKAGES = ("data", "engines", "handlers", "losses", "metrics", "networks", "propagation", "transforms")
+_SUBPACKAGES = ("data", "handlers", "metrics", "transforms", "smile", "sli2vol", "xnet")
 
 __all__ = list(_SUBPACKAGES)
 

@@ -2,7 +2,9 @@
 segment generated radiographs (XNet).
 
 Every step is the real ``python -m monai.bundle`` command a user would type; each is printed before it runs and
-its log goes to ``work/demo/logs/``. Running the demo again reuses the data and resumes the finished training.
+its log goes to ``work/demo/logs/``. On a terminal a line under the command shows the step's elapsed time, and while
+a bundle trains a bar over its epochs with the ETA (read from the trainer's log lines); nothing more is printed when
+the output is not a terminal (CI, tests). Running the demo again reuses the data and resumes the finished training.
 """
 
 from __future__ import annotations
@@ -10,11 +12,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from tqdm import tqdm
+
+from tools.bundle_command import bundle_command
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -26,14 +35,84 @@ def shell_text(args: list[str]) -> str:
     return " ".join(f'"{arg}"' if "'" in arg and '"' not in arg else shlex.quote(arg) for arg in args)
 
 
-def run_step(title: str, args: list[str], log: Path) -> None:
-    """Run ``python -m <args>`` from the repository root, its output in ``log``; stop the demo if it fails."""
-    print(f"\n== {title}\n   python -m {shell_text(args)}", flush=True)
+# what MONAI's StatsHandler logs at each training iteration, and SMILEr at the start of a relabeling round
+EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+) -- (?:\w*loss: (\S+))?")
+ROUND_LINE = re.compile(r"round (\d+/\d+): relabeling")
+
+
+class StepProgress:
+    """A step's progress on the terminal while its output goes to its log: the elapsed time, and once the step's
+    trainer logs its first iteration (``Epoch: 12/150, Iter: 3/12 -- train_loss: 0.4123``), a bar over the
+    training's iterations with the ETA, the epoch, the loss and SMILEr's round. Off when stderr is not a terminal.
+    """
+
+    def __init__(self) -> None:
+        self.bar = tqdm(bar_format="   {desc}[{elapsed}]", desc="running ", leave=False, disable=None)
+        self.training = False
+        self.round = ""
+        self._stop = threading.Event()
+        if not self.bar.disable:  # the elapsed time moves on while the step is silent
+            threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self.bar.refresh()
+
+    def line(self, text: str) -> None:
+        """Read one line of the step's output."""
+        if self.bar.disable:
+            return
+        if found := ROUND_LINE.search(text):
+            self.round = found.group(1)
+            if not self.training:  # SMILEr from given weights relabels before its first epoch
+                self.bar.set_description_str(f"round {self.round}: relabeling ")
+        found = EPOCH_LINE.search(text)
+        if found is None:
+            return
+        epoch, epochs, iteration, iterations = (int(value) for value in found.groups()[:4])
+        done = (epoch - 1) * iterations + iteration
+        if not self.training:  # from the first iteration on (also a resumed training's): a bar with the ETA
+            self.training = True
+            self.bar.close()
+            self.bar = tqdm(
+                total=epochs * iterations, initial=done - 1, leave=False, smoothing=0, dynamic_ncols=True,
+                bar_format="   {desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+            )  # fmt: skip
+        self.bar.set_description_str(f"epoch {epoch}/{epochs}", refresh=False)
+        shown = [f"loss={found.group(5)}"] if found.group(5) else []
+        shown += [f"round {self.round}"] if self.round else []
+        self.bar.set_postfix_str(", ".join(shown), refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.bar.close()
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_step(title: str, command: list[str], log: Path) -> None:
+    """Run ``command`` from the repository root, its output in ``log``; stop the demo if it fails."""
+    print(f"\n== {title}\n   {shell_text(['python', *command[1:]])}", flush=True)
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log lines as they are written
     with log.open("w") as stream:
-        result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, stdout=stream, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+        progress = StepProgress()
+        try:
+            with subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                errors="replace", bufsize=1,
+            ) as process:  # fmt: skip
+                for text in process.stdout:
+                    stream.write(text)
+                    progress.line(text)
+            returncode = process.returncode
+        finally:
+            progress.close()
+    if returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         sys.exit(f"{title} failed (log: {log}):\n{tail}")
     print(f"   done in {time.perf_counter() - start:.0f} s (log: {log})", flush=True)
@@ -43,12 +122,12 @@ def bundle_args(
     config: list[str], work: Path, *extra: str, bundle: str = "smile", models: str = "models", data: str = "data"
 ) -> list[str]:
     folder = BUNDLES / bundle
-    files = "[" + ",".join(f"'{folder / 'configs' / name}'" for name in config) + "]"
-    return [
-        "monai.bundle", "run", "--config_file", files, "--meta_file", str(folder / "configs" / "metadata.json"),
-        "--logging_file", str(folder / "configs" / "logging.conf"), "--bundle_root", str(folder),
-        "--dataset_dir", str(work / data), "--ckpt_dir", str(work / models), *extra,
-    ]  # fmt: skip
+    configs = folder / "configs"
+    return bundle_command(
+        [configs / name for name in config], bundle_root=folder, meta_file=configs / "metadata.json",
+        logging_file=configs / "logging.conf",
+        overrides=["--dataset_dir", str(work / data), "--ckpt_dir", str(work / models), *extra],
+    )  # fmt: skip
 
 
 def read_metrics(path: Path) -> dict[str, float]:
@@ -69,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
 
     run_step(
         "1/10 generate synthetic abdominal CT",
-        ["common.data.synthetic_ct", "--output_dir", str(work / "data"), "--num_cases", str(args.num_cases),
-         "--shape", "80", "80", "32", "--spacing", "1.6", "1.6", "2.5"],
+        module_command("tools.synthetic_ct", "--output_dir", str(work / "data"), "--num_cases", str(args.num_cases),
+         "--shape", "80", "80", "32", "--spacing", "1.6", "1.6", "2.5"),
         logs / "generate.log",
     )  # fmt: skip
     run_step(
@@ -81,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     run_step(
         "3/10 evaluate on the test split",
-        bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "evaluation"), *patch),
+        bundle_args(["inference.json", "evaluate.json"], work, "--output_dir", str(work / "evaluation"), *patch),
         logs / "evaluate.log",
     )
     run_step(
@@ -91,15 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     run_step(
         "5/10 export TorchScript",
-        ["monai.bundle", "ckpt_export", "network_def", "--filepath", str(work / "models" / "model.ts"),
-         "--ckpt_file", str(work / "models" / "model.pt"), "--meta_file", str(BUNDLES / "smile/configs/metadata.json"),
-         "--config_file", str(BUNDLES / "smile/configs/inference.json"), "--bundle_root", str(BUNDLES / "smile")],
+        bundle_command(BUNDLES / "smile/configs/inference.json", workflow="ckpt_export", positional=["network_def"],
+                       bundle_root=BUNDLES / "smile", meta_file=BUNDLES / "smile/configs/metadata.json",
+                       overrides=["--filepath", str(work / "models" / "model.ts"),
+                                  "--ckpt_file", str(work / "models" / "model.pt")]),
         logs / "export.log",
     )  # fmt: skip
     smiler = {"bundle": "smiler", "models": "smiler_models"}
     run_step(
         f"6/10 SMILEr: {args.smiler_rounds} relabeling rounds of {args.round_epochs} epochs from the SMILE model",
-        bundle_args(["train.json"], work, "--output_dir", str(work / "smiler"), "--initial_ckpt",
+        bundle_args(["train.json"], work, "--output_dir", str(work / "smiler"), "--initial_weights",
                     str(work / "models" / "model.pt"), "--num_rounds", str(args.smiler_rounds), "--round_epochs",
                     str(args.round_epochs), "--val_interval", "10", "--missing_rate", str(args.missing_rate),
                     *patch, **smiler),
@@ -107,26 +187,27 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     run_step(
         "7/10 evaluate the SMILEr model on the test split",
-        bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "smiler_evaluation"),
+        bundle_args(["inference.json", "evaluate.json"], work, "--output_dir", str(work / "smiler_evaluation"),
                     *patch, **smiler),
         logs / "smiler_evaluate.log",
     )  # fmt: skip
     run_step(
         "8/10 Sli2Vol: propagate each test case's largest labelled slice through its volume (shipped weights)",
         bundle_args(["inference.json", "evaluate.json"], work, "--output_dir", str(work / "sli2vol"),
-                    "--datalist_key", "test", "--num_classes", "3", "--modality", "CT", "--ct_window", "[-200,300]",
-                    "--save_predictions", "true", bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
+                    "--datalist_key", "test", "--num_foreground_classes", "3", "--modality", "CT",
+                    "--hu_window", "[-200,300]", "--save_predictions", "true",
+                    bundle="sli2vol", models=str(BUNDLES / "sli2vol" / "models")),
         logs / "sli2vol.log",
     )  # fmt: skip
     run_step(
         "9/10 XNet: generate 10 test radiographs (DICOM) and segment them with the shipped weights",
-        ["common.data.synthetic_xray", "--output_dir", str(work / "xray"), "--num_training", "1",
-         "--num_validation", "0", "--num_test", "10", "--seed", "7"],
+        module_command("tools.synthetic_xray", "--output_dir", str(work / "xray"), "--num_training", "1",
+         "--num_validation", "0", "--num_test", "10", "--seed", "7"),
         logs / "xnet_data.log",
     )  # fmt: skip
     run_step(
         "10/10 XNet: evaluate on the generated radiographs (F1, AUC, calibration, reliability diagram)",
-        bundle_args(["train.json", "evaluate.json"], work, "--output_dir", str(work / "xnet"), bundle="xnet",
+        bundle_args(["inference.json", "evaluate.json"], work, "--output_dir", str(work / "xnet"), bundle="xnet",
                     models=str(BUNDLES / "xnet" / "models"), data="xray"),
         logs / "xnet.log",
     )  # fmt: skip

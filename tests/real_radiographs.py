@@ -1,5 +1,5 @@
 """Real radiographs for tests: RG1, the computed radiograph (CR, chest, MONOCHROME1, 1955 × 1841) of the PyPI
-package ``pydicom-data`` 1.0.0 (:func:`common.data.package_data.rg1_radiograph`); tests that need it are skipped when
+package ``pydicom-data`` 1.0.0 (:func:`tools.package_data.rg1_radiograph`); tests that need it are skipped when
 it cannot be had.
 
 The wheel is taken from ``work/cache/xray/`` of the repository when it is there, else downloaded into a temporary
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.data.package_data import PYDICOM_DATA, rg1_radiograph
+from tools.package_data import PYDICOM_DATA, rg1_radiograph
 
 __all__ = ["rg1_path"]
 

@@ -3,7 +3,7 @@
 :func:`load_ct_phantom` turns a CT (Hounsfield units) and its multi-label map into a :class:`CtPhantom`: both are
 reoriented to RAS (array axes 0, 1, 2 towards the patient's right, anterior and superior), resampled to about
 ``voxel_mm`` isotropic, the body is segmented, and the attenuation is derived from the HU. :func:`project_ct` draws
-one random view of it as a :class:`~common.data.xray_acquisition.ProjectedObject`, which the acquisition model turns
+one random view of it as a :class:`~tools.xray_acquisition.ProjectedObject`, which the acquisition model turns
 into a radiograph (collimation, exposure, scatter, detector, processing)::
 
     phantom = load_ct_phantom(ct.image, ct.label, ct.bone_values, body_part=ct.body_part)
@@ -28,7 +28,7 @@ anatomy; laterally the field may extend into the air beside the body (open beam)
 
 Labels are computed at pixel centres from the same line integrals: 2 (bone) where the water-equivalent path through
 the label map's bone structures is at least ``BONE_PATH_MM``, else 1 (soft tissue) where the path through the body is
-at least ``BODY_PATH_MM``, else 0 (open beam). The label maps of the CTs used here (``common.data.package_data``) are
+at least ``BODY_PATH_MM``, else 0 (open beam). The label maps of the CTs used here (``tools.package_data``) are
 TotalSegmentator's output, not manual annotation, so bone edges are as good as that model's.
 """
 
@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data.xray_acquisition import BONE, OPEN_BEAM, SOFT_TISSUE, ProjectedObject
+from tools.xray_acquisition import BONE, OPEN_BEAM, SOFT_TISSUE, ProjectedObject
 
 __all__ = ["CtPhantom", "View", "load_ct_phantom", "project_ct", "project_view"]
 

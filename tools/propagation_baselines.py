@@ -1,6 +1,6 @@
 """Propagation baselines with the Sli2Vol model interface (``encode`` / ``propagate``), for the benchmark.
 
-Both run through the same :class:`common.propagation.SlicePropagator` (stopping rule, verification,
+Both run through the same :class:`common.sli2vol.SlicePropagator` (stopping rule, verification,
 clean-up), so a comparison isolates the slice-to-slice correspondence.
 """
 

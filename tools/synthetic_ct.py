@@ -4,7 +4,7 @@
 deterministic dataset of such cases in the Medical Segmentation Decathlon layout (``imagesTr``, ``labelsTr`` and a
 ``dataset.json`` datalist), which the tests use with tiny shapes and the demos and benchmarks with a few dozen cases::
 
-    python -m common.data.synthetic_ct --output_dir /tmp/synthetic_ct --num_cases 24
+    python -m tools.synthetic_ct --output_dir /tmp/synthetic_ct --num_cases 24
 
 Geometry. Arrays are indexed (x, y, z) as in NIfTI. The affine ``diag(spacing)`` with the volume centred on the
 world origin makes the axes RAS+: x runs towards the patient's right, y anteriorly, z superiorly. The liver lies at
@@ -437,7 +437,7 @@ def generate_synthetic_ct(
     shape, spacing = _checked_geometry(shape, spacing)
     num_validation, num_test = _split_sizes(num_cases, num_validation, num_test)
     generator = {
-        "module": "common.data.synthetic_ct",
+        "module": "tools.synthetic_ct",
         "version": GENERATOR_VERSION,
         "num_cases": num_cases,
         "shape": list(shape),
@@ -531,7 +531,7 @@ def _datalist(names: Sequence[str], num_validation: int, num_test: int, generato
     entries = [{"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"} for name in names]
     return msd_datalist(
         "SyntheticAbdomenCT",
-        "Synthetic contrast-enhanced abdominal CT phantoms (common.data.synthetic_ct): "
+        "Synthetic contrast-enhanced abdominal CT phantoms (tools.synthetic_ct): "
         "deterministic by seed, Hounsfield units, with liver, pancreas and stomach labels.",
         "CT",
         ORGAN_LABELS,
@@ -546,7 +546,7 @@ def _datalist(names: Sequence[str], num_validation: int, num_test: int, generato
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point: generate (or reuse) a dataset and print the path of its ``dataset.json``."""
     parser = argparse.ArgumentParser(
-        prog="python -m common.data.synthetic_ct", description="Write a synthetic abdominal CT dataset (MSD layout)."
+        prog="python -m tools.synthetic_ct", description="Write a synthetic abdominal CT dataset (MSD layout)."
     )
     parser.add_argument("--output_dir", required=True, help="folder receiving imagesTr, labelsTr and dataset.json")
     parser.add_argument("--num_cases", type=int, default=24)

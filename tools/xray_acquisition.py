@@ -1,7 +1,7 @@
 """How a projected object becomes a radiograph as a viewer shows it: exposure, detector, processing, DICOM encoding.
 
-The object generators (limb phantoms in ``common.data.synthetic_xray``, projections of real CT in
-``common.data.drr``) give a :class:`ProjectedObject`: the primary transmission of the object and what each ray
+The object generators (limb phantoms in ``tools.synthetic_xray``, projections of real CT in
+``tools.drr``) give a :class:`ProjectedObject`: the primary transmission of the object and what each ray
 crosses. :func:`acquire_radiograph` turns it into the image a CR/DX system delivers, with every step randomised
 widely (domain randomisation: the network must not key on one rendering):
 

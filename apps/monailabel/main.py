@@ -22,13 +22,12 @@ from pathlib import Path
 
 from fastapi import HTTPException
 from lib.infers import BundleSegmentationTask, DrawnSliceTask
+from lib.label_server import discover_bundles, reads_user_label, sync_working_copy
 from lib.trainers import BundleTrainingTask
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
-
-from common.label_server import discover_bundles, reads_user_label, sync_working_copy
 
 logger = logging.getLogger(__name__)
 

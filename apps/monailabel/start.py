@@ -2,8 +2,8 @@
 
     .venv-label/bin/python apps/monailabel/start.py --studies /path/to/images [--port 8000] [--conf name value]
 
-It serves the folder of images (NIfTI, NRRD, DICOM, PNG, JPEG, TIFF files; subfolders are not scanned) and
-only listens on this machine.
+It serves the folder of images (NIfTI, NRRD, MHA/MHD, DICOM, PNG, JPEG, TIFF files, as listed in
+``common.data.file_types``; subfolders are not scanned) and only listens on this machine.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import runpy
 import sys
 from pathlib import Path
 
+from common.data.file_types import ALL_IMAGE_SUFFIXES
+
 APP_DIR = Path(__file__).resolve().parent
-IMAGE_PATTERNS = ["*.nii.gz", "*.nii", "*.nrrd", "*.dcm", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff"]
+IMAGE_PATTERNS = [f"*{suffix}" for suffix in ALL_IMAGE_SUFFIXES]
 
 
 def main() -> None:

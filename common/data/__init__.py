@@ -1,23 +1,11 @@
-"""Sample-data generators and datalist readers/writers."""
+"""Datalists, cases, folds and file I/O shared by the bundles."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-_MODULES = (
-    "datalist",
-    "drr",
-    "json_io",
-    "package_data",
-    "partial_datalist",
-    "radiograph_io",
-    "synthetic_ct",
-    "synthetic_xray",
-    "tolerant",
-    "writers",
-    "xray_acquisition",
-)
+_MODULES = ("atomic", "cases", "datalist", "folds", "json_io", "tolerant", "writers")
 
 __all__ = list(_MODULES)
 

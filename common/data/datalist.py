@@ -11,12 +11,11 @@ import json
 import os
 from pathlib import Path
 
+from common.data.cases import annotation_indicator
+from common.data.file_types import VOLUME_SUFFIXES
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import annotation_indicator
 
-__all__ = ["IMAGE_SUFFIXES", "inference_datalist", "load_datalist", "propagation_datalist"]
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+__all__ = ["inference_datalist", "load_datalist", "propagation_datalist"]
 
 
 def _read_datalist(path: Path) -> dict:
@@ -95,7 +94,7 @@ def inference_datalist(
     datalist: str | os.PathLike | None = None,
     key: str = "test",
     input_dir: str | os.PathLike | None = None,
-    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+    suffixes: tuple[str, ...] = VOLUME_SUFFIXES,
 ) -> list[dict]:
     """The images to segment: every image file in ``input_dir`` when given, else the datalist's ``key`` section.
 

@@ -13,6 +13,7 @@ from ignite.handlers import Checkpoint
 
 from common.data.atomic import atomic_target
 from common.errors import CheckpointMismatchError
+from common.handlers.ranks import is_main_process
 from common.settings import as_flag
 
 __all__ = ["ResumableCheckpoint", "WeightsLoader", "check_state_dict_fits", "load_weights", "unwrap"]
@@ -83,12 +84,6 @@ class WeightsLoader:
         logger.info("loaded weights from %s", self.path)
 
 
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
 class ResumableCheckpoint:
     """Ignite handler: keep the full training state in one file and resume from it.
 
@@ -133,7 +128,7 @@ class ResumableCheckpoint:
             logger.info("training already finished; raise max_epochs to train longer or set resume to false")
 
     def save(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         state = {name: unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         with atomic_target(self.path) as temporary:

@@ -14,7 +14,7 @@ def partial_label_dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.
 
     Args:
         prediction: binary prediction, shape (B, K, *spatial).
-        target: the stack made by :class:`common.transforms.SmileTarget`, shape (B, 2K, *spatial). A class counts
+        target: the stack made by :class:`common.smile.SmileTarget`, shape (B, 2K, *spatial). A class counts
             as annotated in a case when its weight channel is 1 everywhere.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Sli2Vol slice-to-slice correspondence network (Yeung et al., MICCAI 2021; METHODS.md section 1).
+"""Sli2Vol slice-to-slice correspondence network (Yeung et al., MICCAI 2021; docs/methods/sli2vol.md §1).
 
 A slice goes through the edge-profile generator (48 softmax-normalised neighbour differences), then a
 full-resolution residual encoder, giving a C-dimensional feature per pixel. A target slice is reconstructed

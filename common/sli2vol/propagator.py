@@ -13,9 +13,9 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import nn
 
-from common.propagation.interpolation import fuse_label_maps, interpolate_label_maps
-from common.propagation.verification import clean_slice, verify_slice
 from common.settings import as_flag
+from common.sli2vol.interpolation import fuse_label_maps, interpolate_label_maps
+from common.sli2vol.verification import clean_slice, verify_slice
 
 __all__ = ["BETWEEN_MODES", "FILL_MODES", "SliceFeatures", "SlicePropagationInferer", "SlicePropagator", "accepts_step"]
 
@@ -86,7 +86,7 @@ class SlicePropagator:
 
     The model is anything with ``encode(slices (N, 1, H, W)) -> features (N, C, H, W)`` and
     ``propagate(target_features, reference_features, values (1, V, H, W)) -> (1, V, H, W)``: the Sli2Vol network
-    (also after ``torch.jit.load``) or a baseline of :mod:`common.propagation.baselines`.
+    (also after ``torch.jit.load``) or a baseline of :mod:`tools.propagation_baselines`.
 
     From the first annotated slice the mask is propagated towards the first slice of the volume, from the last
     one towards the last slice, each time ``step`` slices further (a keyframe): the previous keyframe's mask goes

@@ -10,8 +10,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from common.data.cases import case_path
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_path
 
 __all__ = [
     "SEED_MODES",

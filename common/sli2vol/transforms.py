@@ -9,8 +9,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, ScaleIntensityRanged, ScaleIntensityRangePercentilesd
 
+from common.data.cases import case_path
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_path
 
 __all__ = ["RandSlicePairsd", "modality_normalisation"]
 
@@ -20,20 +20,20 @@ MODALITIES = ("CT", "MRI")
 def modality_normalisation(
     keys: KeysCollection,
     modality: str,
-    ct_window: Sequence[float] = (-300.0, 400.0),
+    hu_window: Sequence[float] = (-300.0, 400.0),
     mri_percentiles: Sequence[float] = (0.5, 99.5),
 ) -> MapTransform:
     """Intensities to [0, 255], the scale the edge profile expects: an HU window for CT, percentiles for MRI.
 
     Args:
         keys: the image keys.
-        modality: "CT" (HU window ``ct_window``) or "MRI" (the image's ``mri_percentiles``, which suits
+        modality: "CT" (HU window ``hu_window``) or "MRI" (the image's ``mri_percentiles``, which suits
             z-score normalised or arbitrary-unit MRI).
-        ct_window: (lower, upper) HU, clipped.
+        hu_window: (lower, upper) HU, clipped.
         mri_percentiles: (lower, upper) percentiles of each image, clipped.
     """
     if modality == "CT":
-        return ScaleIntensityRanged(keys, a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=255.0, clip=True)
+        return ScaleIntensityRanged(keys, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=255.0, clip=True)
     if modality == "MRI":
         lower, upper = mri_percentiles
         return ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=255.0, clip=True)

@@ -1,4 +1,4 @@
-"""Sli2Vol's verification module against drift, and the per-slice post-processing (METHODS.md section 1.5)."""
+"""Sli2Vol's verification module against drift, and the per-slice post-processing (docs/methods/sli2vol.md §1.5)."""
 
 from __future__ import annotations
 

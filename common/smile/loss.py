@@ -41,7 +41,7 @@ class SmileLoss(_Loss):
         """
         Args:
             logits: network output, shape (B, K, *spatial).
-            target: the stack made by :class:`common.transforms.SmileTarget`, shape (B, 2K, *spatial):
+            target: the stack made by :class:`common.smile.SmileTarget`, shape (B, 2K, *spatial):
                 binary targets in channels 0..K-1, weights in K..2K-1.
 
         Returns:

@@ -5,7 +5,7 @@ Task09_Spleen (1 spleen). The merged datalist lists every case of every source w
 source annotates (``annotated_classes``) and how its label values become target classes (``label_mapping``);
 no label file is rewritten. Train with :class:`common.transforms.RemapLabelsd` right after loading::
 
-    python -m common.data.partial_datalist --classes liver pancreas spleen \\
+    python -m common.smile.partial_datalist --classes liver pancreas spleen \\
         --source /data/Task03_Liver/dataset.json 1=liver,2=liver \\
         --source /data/Task07_Pancreas/dataset.json 1=pancreas,2=pancreas \\
         --source /data/Task09_Spleen/dataset.json 1=spleen \\
@@ -126,7 +126,7 @@ def _validation_indices(num_cases: int, fraction: float, rng: np.random.Generato
 
 def _datalist(sources: Sequence, class_names: Sequence[str], training: list, validation: list) -> dict:
     content = {
-        "description": "Partially labelled datalist merged by common.data.partial_datalist from "
+        "description": "Partially labelled datalist merged by common.smile.partial_datalist from "
         + ", ".join(str(dataset_json) for dataset_json, _ in sources),
         "labels": {"0": "background", **{str(index): name for index, name in enumerate(class_names, start=1)}},
         "numTraining": len(training),
@@ -158,7 +158,7 @@ def parse_mapping(text: str) -> dict[int, str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point: merge the sources and print the path of the merged datalist."""
     parser = argparse.ArgumentParser(
-        prog="python -m common.data.partial_datalist",
+        prog="python -m common.smile.partial_datalist",
         description="Merge MSD datasets into one partially labelled datalist (label files are left as they are).",
     )
     parser.add_argument("--classes", nargs="+", required=True, help="target foreground classes: class k is the k-th")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from common.transforms.partial_labels import foreground_one_hot
+from common.smile.targets import foreground_one_hot
 
 __all__ = ["precision_recall", "pseudo_label_counts"]
 

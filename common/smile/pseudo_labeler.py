@@ -1,4 +1,6 @@
-"""One relabeling step for one volume: predict the missing organs, keep the surest voxels (SMILEr, METHODS.md §3.3).
+"""One relabeling step for one volume: predict the missing organs, keep the surest voxels.
+
+SMILEr, docs/methods/smile.md §3.3.
 
 Prediction runs in the model's space (the bundle's resampling and intensity transforms, then a sliding window);
 the probabilities, and the MC-dropout uncertainty when used, are inverted back onto the voxel grid of the
@@ -14,8 +16,8 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 from torch import nn
 
-from common.engines.selection import binary_entropy, has_dropout, mc_dropout_predict, select_top_fraction
 from common.handlers.checkpoint import unwrap
+from common.smile.selection import binary_entropy, has_dropout, mc_dropout_predict, select_top_fraction
 
 __all__ = ["SELECTION_RULES", "UNCERTAINTY_MEASURES", "PseudoLabeler"]
 

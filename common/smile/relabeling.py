@@ -1,4 +1,4 @@
-"""SMILEr's self-relabeling rounds as an ignite handler on one SupervisedTrainer run (METHODS.md §3.3).
+"""SMILEr's self-relabeling rounds as an ignite handler on one SupervisedTrainer run (docs/methods/smile.md §3.3).
 
 The trainer runs ``schedule.total_epochs`` epochs. At the start of each round t = 1..T (after round 0's SMILE
 training, or at once when training starts from given weights) the handler labels, with the current model, the
@@ -30,16 +30,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
+from tqdm import tqdm
 
 from common.data.atomic import atomic_target
+from common.data.cases import case_name
 from common.data.json_io import write_json
 from common.data.writers import write_label_map
-from common.engines.pseudo_labeler import PseudoLabeler
-from common.engines.relabeling_report import (
+from common.errors import InvalidInputError
+from common.handlers.checkpoint import load_weights, unwrap
+from common.handlers.progress import shows_progress
+from common.handlers.ranks import barrier, gather_lists, is_main_process
+from common.settings import as_flag
+from common.smile.pseudo_label_metrics import pseudo_label_counts
+from common.smile.pseudo_labeler import PseudoLabeler
+from common.smile.relabeling_report import (
     PSEUDO_LABEL_REPORT,
     VALIDATION_REPORT,
     case_record,
@@ -47,13 +55,9 @@ from common.engines.relabeling_report import (
     write_round_report,
     write_summary,
 )
-from common.engines.schedule import RelabelingSchedule
-from common.engines.selection import class_fractions, crest_rates, gamma_schedule
-from common.errors import InvalidInputError
-from common.handlers.checkpoint import load_weights, unwrap
-from common.metrics.pseudo_labels import pseudo_label_counts
-from common.settings import as_flag
-from common.transforms.partial_labels import case_name, foreground_one_hot
+from common.smile.schedule import RelabelingSchedule
+from common.smile.selection import class_fractions, crest_rates, gamma_schedule
+from common.smile.targets import foreground_one_hot
 
 __all__ = ["RETRAIN_MODES", "RelabelingRounds", "reinitialize_parameters"]
 
@@ -86,28 +90,6 @@ def reinitialize_parameters(network: nn.Module, seed: int) -> None:
                 submodule.reset_parameters()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-def _gather(items: list) -> list:
-    """Every process's ``items``, concatenated (the list itself without torch.distributed)."""
-    if not _distributed():
-        return items
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
-
-
 def _save_weights(network: nn.Module, path: Path) -> None:
     with atomic_target(path) as temporary:
         torch.save(unwrap(network).state_dict(), temporary)
@@ -128,7 +110,7 @@ class RelabelingRounds:
         class_names: the K foreground classes.
         output_dir: the run folder.
         gamma_max: fraction of the candidates relabelled in round T, in (0, 1]; round t uses t / T * gamma_max.
-        simulation: a :class:`~common.transforms.SimulateMissingAnnotationsd` applied after loading, as in
+        simulation: a :class:`~common.smile.SimulateMissingAnnotationsd` applied after loading, as in
             training; the classes it removes are relabelled and scored against the removed truth.
         crest_alpha: CReST exponent >= 0; class rates (N_{K+1-c} / N_1) ** alpha from the voxel counts of the
             real labels multiply gamma_t. 0 relabels every class at gamma_t.
@@ -258,16 +240,17 @@ class RelabelingRounds:
                     "Nothing was overwritten: choose another output_dir for these settings"
                 )
             return
-        _barrier()
-        if _rank_and_world()[0] == 0:
+        barrier()
+        if is_main_process():
             write_json(settings, path)
-        _barrier()
+        barrier()
 
     # --- events -------------------------------------------------------------------------------------------
 
     def started(self, engine: Engine) -> None:
         """Check the folder, then restore the state of the round the trainer (re)starts in."""
         self._claim_run_folder()
+        self._show_round(engine)
         completed = engine.state.epoch
         if completed == 0 and self.initial_weights:
             load_weights(unwrap(self.labeler.network), self.initial_weights)
@@ -298,9 +281,15 @@ class RelabelingRounds:
         starting = self.schedule.starting_round(completed)
         if starting is not None:
             self._start_round(starting)
+        self._show_round(engine)
+
+    def _show_round(self, engine: Engine) -> None:
+        """``engine.state.relabeling_round``: "t/T" for the epochs to come (the trainer's progress bar shows it)."""
+        upcoming = min(engine.state.epoch + 1, self.schedule.total_epochs)
+        engine.state.relabeling_round = f"{self.schedule.round_of_epoch(upcoming)}/{self.schedule.num_rounds}"
 
     def completed(self, engine: Engine) -> None:
-        if engine.state.epoch >= self.schedule.total_epochs and self.final_weights and _rank_and_world()[0] == 0:
+        if engine.state.epoch >= self.schedule.total_epochs and self.final_weights and is_main_process():
             _save_weights(self.labeler.network, self.final_weights)
             logger.info("final relabeled model written to %s", self.final_weights)
 
@@ -312,14 +301,14 @@ class RelabelingRounds:
     def _finish_round(self, round_index: int, engine: Engine) -> None:
         """Save the round's weights and validation metrics (rank 0 writes)."""
         metrics = self._validate(engine)
-        if _rank_and_world()[0] == 0:
+        if is_main_process():
             folder = self._round_dir(round_index)
             _save_weights(self.labeler.network, folder / "model.pt")
             if metrics is not None:
                 write_json(metrics, folder / VALIDATION_REPORT)
             write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
         logger.info("round %d finished at epoch %d: %s", round_index, engine.state.epoch, metrics)
-        _barrier()
+        barrier()
 
     def _validate(self, engine: Engine) -> dict | None:
         if self.evaluator is None:
@@ -343,19 +332,26 @@ class RelabelingRounds:
         gamma = gamma_schedule(round_index, self.schedule.num_rounds, self.gamma_max)
         rates = self._rates()
         fractions = class_fractions(gamma, rates)
-        rank, world = _rank_and_world()
+        rank, world = idist.get_rank(), idist.get_world_size()
         folder = self._round_dir(round_index)
         records = []
-        for index in range(rank, len(self.datalist), world):
+        logger.info(
+            "round %d/%d: relabeling %d training volumes", round_index, self.schedule.num_rounds, len(self.datalist)
+        )
+        volumes = tqdm(
+            range(rank, len(self.datalist), world), desc=f"round {round_index}/{self.schedule.num_rounds} relabel",
+            unit="volume", leave=False, disable=not shows_progress(),
+        )  # fmt: skip
+        for index in volumes:
             generator_seed = self.seed + 1000 * round_index + index
             records.append(self._relabel_case(index, fractions, folder, generator_seed))
-        records = _gather(records)
+        records = gather_lists(records)
         if rank == 0:
             report = round_report(round_index, gamma, self.labeler.selection, self.class_names, rates, records)
             write_round_report(report, folder)
             write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
             logger.info("round %d relabeled (gamma %.3f): %s", round_index, gamma, report["classes"])
-        _barrier()
+        barrier()
 
     def _relabel_case(self, index: int, fractions: torch.Tensor, folder: Path, seed: int) -> dict:
         loaded = self.load_transform(dict(self.datalist[index]))

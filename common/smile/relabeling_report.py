@@ -20,7 +20,7 @@ import torch
 
 from common.data.atomic import atomic_target
 from common.data.json_io import write_json
-from common.metrics.pseudo_labels import precision_recall
+from common.smile.pseudo_label_metrics import precision_recall
 
 __all__ = ["case_record", "round_report", "write_round_report", "write_summary"]
 

@@ -1,4 +1,6 @@
-"""Pseudo-label selection rules for self-relabeling (SMILEr, METHODS.md §3.3) and class rebalancing (CReST, §5.1).
+"""Pseudo-label selection rules for self-relabeling and class rebalancing.
+
+SMILEr: docs/methods/smile.md §3.3; CReST: the same page, §5.1.
 
 After each relabeling round t = 1..T the model labels its surest voxels of the organs missing from a volume:
 among the voxels predicted as organ k, the top fraction gamma_t (optionally times a CReST class rate mu_k) by

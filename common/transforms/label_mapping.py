@@ -1,6 +1,6 @@
 """Per-case relabelling of source label values to target classes, for datalists merged from several datasets.
 
-A merged datalist (see :mod:`common.data.partial_datalist`) leaves every label file as it is and gives each
+A merged datalist (see :mod:`common.smile.partial_datalist`) leaves every label file as it is and gives each
 case a ``label_mapping``, e.g. ``{"1": 2, "2": 2}`` for a pancreas dataset whose pancreas (1) and tumour (2)
 both become target class 2. :class:`RemapLabelsd` applies that mapping once the label is loaded.
 """
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
+from common.data.cases import case_path
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_path
 
 __all__ = ["RemapLabelsd", "parse_label_mapping", "remap_labels"]
 

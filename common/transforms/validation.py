@@ -11,8 +11,8 @@ from monai.transforms import LoadImaged, Transform
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from common.data.cases import case_path
 from common.errors import InvalidInputError
-from common.transforms.partial_labels import case_path
 
 __all__ = ["CheckSegmentationInputd", "LoadInputImaged"]
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from common.networks.xnet import conv_kernel_l2
+from common.xnet.network import conv_kernel_l2
 
 __all__ = ["KernelL2CrossEntropyLoss"]
 

@@ -52,6 +52,7 @@ except ImportError:  # pydicom 2 (MONAI Label's environment pins pydicom < 3)
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
 from common.data.atomic import atomic_target
+from common.data.file_types import DICOM_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, RADIOGRAPH_SUFFIXES
 from common.errors import InvalidInputError
 
 __all__ = [
@@ -67,11 +68,6 @@ __all__ = [
 ]
 
 PHOTOMETRIC_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Lower-case name endings of the files ``read_radiograph`` takes (DICOM files without a suffix are taken too).
-RADIOGRAPH_SUFFIXES = DICOM_SUFFIXES + PIL_SUFFIXES + NIFTI_SUFFIXES
 SUPPORTED = "DICOM (.dcm, .dicom or no suffix), PNG, JPEG, TIFF or NIfTI (.nii, .nii.gz)"
 # Where a radiograph's pixel spacing came from; "unknown" means 1 unit per pixel.
 SPACING_SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "affine", "unknown")
@@ -123,7 +119,7 @@ def read_radiograph(path: PathLike, apply_voi: bool = True) -> Radiograph:
 class RadiographReader(ImageReader):
     """MONAI image reader for 2D grey radiographs: ``read_radiograph`` behind MONAI's reader interface.
 
-    ``LoadImage(reader=RadiographReader())`` (or ``reader="common.data.radiograph_io.RadiographReader"``) gives
+    ``LoadImage(reader=RadiographReader())`` (or ``reader="common.xnet.radiograph_io.RadiographReader"``) gives
     float32 arrays of shape (rows, columns), or (1, rows, columns) with ``ensure_channel_first=True``, whose meta
     data hold ``affine`` = ``original_affine`` (4, 4), ``spatial_shape`` (rows, columns), ``original_channel_dim``
     NaN (no channel), ``space`` RAS (so MONAI's writers store the affine unchanged), ``pixel_spacing`` (2,) mm and
@@ -241,7 +237,7 @@ def _file_kind(path: Path, strict: bool = True) -> str | None:
     name = path.name.lower()
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
-    if name.endswith(PIL_SUFFIXES):
+    if name.endswith(PICTURE_SUFFIXES):
         return "pil"
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
@@ -450,7 +446,7 @@ def _cr_dataset(
     dataset.StudyDate, dataset.StudyTime, dataset.StudyID = "20000101", "120000", "1"
     dataset.AccessionNumber, dataset.ReferringPhysicianName = "", ""
     dataset.SeriesNumber, dataset.InstanceNumber = 1, 1
-    dataset.Manufacturer = "common.data.radiograph_io"
+    dataset.Manufacturer = "common.xnet.radiograph_io"
     dataset.BodyPartExamined = (body_part or "").upper()
     dataset.ViewPosition, dataset.PatientOrientation = "", ""
     dataset.ImageType = ["DERIVED", "PRIMARY"]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from common.data.atomic import atomic_target
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
-from common.metrics.pixel_classification import PixelClassificationMetric
+from common.xnet.metrics import PixelClassificationMetric
 
 __all__ = ["ClassificationReport"]
 
@@ -215,7 +215,7 @@ def reliability_figure(reliability: Sequence[Mapping], ece: float) -> Figure:
 
     Args:
         reliability: per bin a dict with ``lower``, ``upper``, ``count``, ``accuracy`` (see
-            :func:`common.metrics.pixel_classification.reliability_from_bins`).
+            :func:`common.xnet.metrics.reliability_from_bins`).
         ece: the expected calibration error, shown in the title.
     """
     lower = [b["lower"] for b in reliability]

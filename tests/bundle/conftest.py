@@ -8,17 +8,21 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from common.data.synthetic_ct import generate_synthetic_ct
+from tools.bundle_command import bundle_command
+from tools.synthetic_ct import generate_synthetic_ct
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "tests" / "schemas"  # Model Zoo metadata schema, kept here for offline checks
 TINY_OVERRIDES = ["--patch_size", "[32,32,16]", "--num_workers", "0", "--batch_size", "1", "--patches_per_volume", "1"]
+# training under torchrun with two CPU processes: the bundle's multi-GPU overlay, then gloo instead of NCCL
+TORCHRUN_CONFIGS = ["configs/train.json", "configs/multi_gpu_train.json", str(REPO / "tests/bundle/cpu_gloo.json")]
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +52,62 @@ def patch_network_def(bundle: Path, configs: tuple[str, ...], **fields) -> Path:
     return bundle
 
 
-def run_cli(*args: str, cwd: Path = REPO, module: str = "monai.bundle", check: bool = True, launcher=()):
-    """Run ``python -m <module> <args>`` in a fresh process; on failure show its output."""
+def run_cli(command: Sequence[str], cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``command`` (a ``monai.bundle`` call from :func:`tools.bundle_command.bundle_command`, or any other) in a
+    fresh process; on failure show its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [*launcher] if launcher else [sys.executable, "-m", module]
-    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    command = [str(arg) for arg in command]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command + list(args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-        )
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def training_case_recorder(folder: Path) -> Path:
+    """An overlay config, to merge last, with which every process of a training run appends a line ``<epoch> <image
+    file name>`` to ``folder/rank<rank>.txt`` for each item its training data loader loads (read them back with
+    :func:`training_cases_seen`). It wraps the training dataset's ``_transform``, which ``__getitem__`` calls."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = "(torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)"
+    record = (
+        "$setattr(@train#dataset, '_transform', (lambda load, dataset, trainer, log: lambda index: (log.write("
+        "f\"{trainer.state.epoch} {str(dataset.data[index]['image']).rsplit('/', 1)[-1]}\\n\"), log.flush(), "
+        "load(index))[-1])(@train#dataset._transform, @train#dataset, @train#trainer, "
+        f"open(@record_cases_to + f'/rank{{{rank}}}.txt', 'a')))"
+    )
+    overlay = folder / "record_training_cases.json"
+    overlay.write_text(json.dumps({"record_cases_to": str(folder), "+initialize": [record]}, indent=4))
+    return overlay
+
+
+def training_cases_seen(folder: Path) -> dict[int, dict[int, list[str]]]:
+    """What :func:`training_case_recorder` wrote: rank -> epoch -> the image file names loaded, in order."""
+    seen: dict[int, dict[int, list[str]]] = {}
+    for path in sorted(folder.glob("rank*.txt")):
+        epochs = seen.setdefault(int(path.stem.removeprefix("rank")), {})
+        for line in path.read_text().splitlines():
+            epoch, name = line.split(" ", 1)
+            epochs.setdefault(int(epoch), []).append(name)
+    return seen
+
+
+def assert_two_ranks_trained_on_disjoint_halves(
+    folder: Path, cases: Sequence[str], epochs: int, replacement: bool = False
+) -> None:
+    """Each of ``epochs`` epochs, each of the two processes loaded half of the training ``cases`` (rounded up) and
+    none that the other loaded; without ``replacement`` (a shuffling DistributedSampler) each case once, so
+    that the two halves together are all the cases. Whole-data training on each process fails all of these."""
+    seen = training_cases_seen(folder)
+    assert sorted(seen) == [0, 1], f"records of ranks {sorted(seen)}"
+    half = -(-len(cases) // 2)
+    for epoch in range(1, epochs + 1):
+        first, second = (seen[rank].get(epoch, []) for rank in (0, 1))
+        assert len(first) == len(second) == half, f"epoch {epoch}: rank 0 loaded {first}, rank 1 {second}"
+        assert not set(first) & set(second), f"epoch {epoch}: both ranks loaded {sorted(set(first) & set(second))}"
+        assert set(first) | set(second) <= set(cases)
+        if not replacement:
+            assert sorted(first + second) == sorted(cases), f"epoch {epoch}: rank 0 {first}, rank 1 {second}"
+    assert all(sorted(by_epoch) == list(range(1, epochs + 1)) for by_epoch in seen.values()), seen
 
 
 def check_torchscript_export(
@@ -68,8 +118,10 @@ def check_torchscript_export(
     loaded model must also have the exported ``methods``. Returns that process's report."""
     exported = tmp_path / "model.ts"
     run_cli(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", ".",
+        bundle_command(
+            "configs/inference.json", workflow="ckpt_export", positional=["network_def"], bundle_root=".",
+            meta_file="configs/metadata.json", overrides={"filepath": exported, "ckpt_file": "models/model.pt"},
+        ),
         cwd=bundle,
     )  # fmt: skip
     parser = ConfigParser()
@@ -102,7 +154,7 @@ def check_torchscript_export(
         print("scripted output matches eager", tuple(output.shape))
         """
     )
-    return run_cli("-c", script, launcher=(sys.executable,), cwd=tmp_path).stdout.strip()
+    return run_cli([sys.executable, "-c", script], cwd=tmp_path).stdout.strip()
 
 
 def missing_workflow_properties(
@@ -129,10 +181,14 @@ def verify_metadata_and_network(bundle: Path) -> None:
     """The Model Zoo's offline checks: metadata against the schema (md5-checked copy), network in/out contract."""
     schema = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
     run_cli(
-        "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMAS / schema),
-        "--hash_val", "662135097106b71067cd1fc657f8720f", cwd=bundle,
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
+         "--filepath", str(SCHEMAS / schema), "--hash_val", "662135097106b71067cd1fc657f8720f"],
+        cwd=bundle,
     )  # fmt: skip
     run_cli(
-        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-        "--config_file", "configs/inference.json", "--bundle_root", ".", "--device", "cpu", cwd=bundle,
+        bundle_command(
+            "configs/inference.json", workflow="verify_net_in_out", positional=["network_def"], bundle_root=".",
+            meta_file="configs/metadata.json", overrides={"device": "cpu"},
+        ),
+        cwd=bundle,
     )  # fmt: skip

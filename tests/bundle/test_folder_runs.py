@@ -11,8 +11,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from common.data.radiograph_io import write_dicom_cr, write_png
+from common.xnet.radiograph_io import write_dicom_cr, write_png
 from tests.bundle.conftest import copy_bundle, patch_network_def, run_cli
+from tools.bundle_command import bundle_command
 
 RNG = np.random.default_rng(5)
 
@@ -62,11 +63,11 @@ def test_a_corrupt_file_is_reported_and_the_others_are_segmented(name, tmp_path)
     outputs.mkdir()
     write_inputs(inputs)
     (outputs / "broken_seg.nii.gz").write_bytes(b"the user's earlier result")  # must stay as it is
-    result = run_cli(
-        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
-        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--input_dir", str(inputs),
-        "--output_dir", str(outputs), *tiny, cwd=bundle, check=False,
+    command = bundle_command(
+        "configs/inference.json", meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+        bundle_root=".", overrides=["--input_dir", str(inputs), "--output_dir", str(outputs), *tiny],
     )  # fmt: skip
+    result = run_cli(command, cwd=bundle, check=False)
     log = result.stdout + result.stderr
     assert result.returncode != 0, log[-3000:]
     broken = next(inputs.glob("broken.*"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,17 +15,23 @@ from monai.bundle import ConfigParser
 
 from tests.bundle.conftest import (
     REPO,
+    TORCHRUN_CONFIGS,
+    assert_two_ranks_trained_on_disjoint_halves,
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
     patch_network_def,
     run_cli,
+    training_case_recorder,
     verify_metadata_and_network,
 )
+from tools.bundle_command import bundle_command, torchrun
 
-CT = ["--modality", "CT", "--ct_window", "[-200,300]"]
-TINY_TRAIN = ["--crop_size", "[24,24]", "--pairs_per_volume", "2", "--num_workers", "0", "--num_classes", "3", *CT]
-EVALUATE = "['configs/inference.json','configs/evaluate.json']"
+CT = ["--modality", "CT", "--hu_window", "[-200,300]"]
+TINY_TRAIN = [
+    "--crop_size", "[24,24]", "--pairs_per_volume", "2", "--num_workers", "0", "--num_foreground_classes", "3", *CT,
+]  # fmt: skip
+EVALUATE = ["configs/inference.json", "configs/evaluate.json"]
 BEST = re.compile(r"Got new best metric of val_mean_dice: ([-+0-9.eE]+)")
 
 
@@ -36,15 +41,15 @@ def with_tiny_network(bundle: Path) -> Path:
 
 
 def train_cli(
-    bundle: Path, datalist: Path, dataset_dir: Path, *overrides: str, config="configs/train.json", launcher=()
+    bundle: Path, datalist: Path, dataset_dir: Path, *overrides: str, configs=("configs/train.json",), launcher=()
 ):
-    """Train through ``monai.bundle run``, or through ``launcher`` (torchrun) running that module."""
-    module = ("-m", "monai.bundle") if launcher else ()
-    return run_cli(
-        *module, "run", "--config_file", config, "--meta_file", "configs/metadata.json",
-        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--dataset_dir", str(dataset_dir),
-        "--datalist", str(datalist), *TINY_TRAIN, *overrides, cwd=bundle, launcher=launcher,
+    """Train through ``monai.bundle run`` (under ``launcher``, e.g. torchrun, when given)."""
+    command = bundle_command(
+        configs, bundle_root=".", meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+        overrides=["--dataset_dir", str(dataset_dir), "--datalist", str(datalist), *TINY_TRAIN, *overrides],
+        launcher=launcher,
     )  # fmt: skip
+    return run_cli(command, cwd=bundle)
 
 
 def training_only_datalist(tiny_ct: Path, folder: Path, cases: int = 2) -> Path:
@@ -115,23 +120,28 @@ def one_slice_annotation(tmp_path_factory, labelled_case):
 
 
 def propagate_cli(bundle: Path, image: Path, label: Path, output_dir: Path, *overrides: str, check: bool = True):
-    return run_cli(
-        "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--image", str(image),
-        "--label", str(label), "--output_dir", str(output_dir), *CT, *overrides, cwd=bundle, check=check,
+    command = bundle_command(
+        "configs/inference.json", bundle_root=".",
+        overrides=["--image", str(image), "--label", str(label), "--output_dir", str(output_dir), *CT, *overrides],
     )  # fmt: skip
+    return run_cli(command, cwd=bundle, check=check)
 
 
 def evaluate_cli(bundle: Path, dataset_dir: Path, datalist: Path, output_dir: Path, *overrides: str):
-    return run_cli(
-        "run", "--config_file", EVALUATE, "--bundle_root", ".", "--dataset_dir", str(dataset_dir),
-        "--datalist", str(datalist), "--output_dir", str(output_dir), *overrides, cwd=bundle,
+    command = bundle_command(
+        EVALUATE, bundle_root=".",
+        overrides=["--dataset_dir", str(dataset_dir), "--datalist", str(datalist), "--output_dir", str(output_dir),
+                   *overrides],
     )  # fmt: skip
+    return run_cli(command, cwd=bundle)
 
 
 @pytest.mark.parametrize(("workflow_type", "config"), [("train", "train.json"), ("infer", "inference.json")])
 def test_workflow_properties_are_complete(workflow_type, config, tiny_ct, tmp_path):
-    # num_classes: the tiny set's three organs, for train.json's validation cases (inference.json ignores it)
-    assert not missing_workflow_properties("sli2vol", workflow_type, config, tiny_ct, tmp_path, num_classes=3)
+    # num_foreground_classes: the tiny set's three organs, for train.json's validation cases (inference.json ignores it)
+    assert not missing_workflow_properties(
+        "sli2vol", workflow_type, config, tiny_ct, tmp_path, num_foreground_classes=3
+    )
 
 
 def test_validation_and_evaluation_propagate_as_inference_does():
@@ -166,7 +176,7 @@ def test_cli_training_keeps_the_weights_of_the_best_validation(trained, tiny_ct,
     assert best, "no validation score was logged"
     evaluate_cli(
         bundle, tiny_ct, tiny_ct / "dataset.json", tmp_path / "eval", "--datalist_key", "validation",
-        "--num_classes", "3", *CT,
+        "--num_foreground_classes", "3", *CT,
     )  # fmt: skip
     assert read_metrics(tmp_path / "eval")["val_mean_dice"] == pytest.approx(best[-1], abs=1e-6)  # the best's weights
     final = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)["network"]
@@ -203,12 +213,15 @@ def test_cli_training_resumes(trained, tiny_ct):
 
 def test_torchrun_two_cpu_processes_train_on_halves_and_save_once(tiny_ct, tmp_path):
     bundle = with_tiny_network(copy_bundle("sli2vol", tmp_path))
-    configs = "['configs/train.json','configs/multi_gpu_train.json','" + str(REPO / "tests/bundle/cpu_gloo.json") + "']"
+    recorder = training_case_recorder(tmp_path / "cases")
     result = train_cli(
-        bundle, tiny_ct / "dataset.json", tiny_ct, "--epochs", "1", "--val_interval", "1", config=configs,
-        launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"),
+        bundle, tiny_ct / "dataset.json", tiny_ct, "--epochs", "1", "--val_interval", "1",
+        configs=[*TORCHRUN_CONFIGS, recorder], launcher=torchrun(2),
     )  # fmt: skip
     output = result.stdout + result.stderr
+    training = json.loads((tiny_ct / "dataset.json").read_text())["training"]
+    cases = [Path(entry["image"]).name for entry in training]
+    assert_two_ranks_trained_on_disjoint_halves(tmp_path / "cases", cases, epochs=1)  # three volumes each
     state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 3  # each process trained on its half of the six training volumes
     # logging and saving handlers run on rank 0 only: one loss line per rank-0 iteration, one validation report
@@ -218,7 +231,7 @@ def test_torchrun_two_cpu_processes_train_on_halves_and_save_once(tiny_ct, tmp_p
     # each process scored one of the two validation cases; the gathered score is what one process gets on both
     evaluate_cli(
         bundle, tiny_ct, tiny_ct / "dataset.json", tmp_path / "eval", "--datalist_key", "validation",
-        "--num_classes", "3", *CT,
+        "--num_foreground_classes", "3", *CT,
     )  # fmt: skip
     assert read_metrics(tmp_path / "eval")["val_mean_dice"] == pytest.approx(float(BEST.search(output)[1]), abs=1e-6)
 
@@ -286,8 +299,8 @@ def test_cli_propagation_with_seeds_all_refuses_a_single_annotated_slice(trained
 def test_cli_evaluate_reports_dice_per_case(trained, tiny_ct, tmp_path):
     bundle, _ = trained
     evaluate_cli(
-        bundle, tiny_ct, tiny_ct / "dataset.json", tmp_path / "eval", "--num_classes", "3", "--seed_positions",
-        "[0.25,0.5,0.75]", "--save_predictions", "true", *CT,
+        bundle, tiny_ct, tiny_ct / "dataset.json", tmp_path / "eval", "--num_foreground_classes", "3",
+        "--seed_positions", "[0.25,0.5,0.75]", "--save_predictions", "true", *CT,
     )  # fmt: skip
     per_case = (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert len(per_case) == 1 + 2  # header + the two test cases

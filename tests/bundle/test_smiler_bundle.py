@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,18 +15,27 @@ from monai.bundle import ConfigParser
 
 from common.errors import InvalidInputError
 from tests.bundle.conftest import (
-    REPO,
     TINY_OVERRIDES,
+    TORCHRUN_CONFIGS,
+    assert_two_ranks_trained_on_disjoint_halves,
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
     run_cli,
+    training_case_recorder,
     verify_metadata_and_network,
 )
+from tools.bundle_command import bundle_command, torchrun
 
-TRAIN = ["run", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", "--bundle_root", "."]
 TWO_ROUNDS = ["--initial_epochs", "2", "--round_epochs", "1", "--num_rounds", "2", "--val_interval", "1"]
 ORGANS = ("liver", "pancreas", "stomach")
+
+
+def train_command(*overrides: str, configs=("configs/train.json",), launcher=()) -> list[str]:
+    """``monai.bundle run`` of a bundle copy's train.json (and more ``configs``), from the copy's folder."""
+    return bundle_command(
+        configs, meta_file="configs/metadata.json", bundle_root=".", overrides=list(overrides), launcher=launcher
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +43,8 @@ def relabeled(tmp_path_factory, tiny_ct):
     """A copy of the bundle after SMILE (2 epochs) and 2 relabeling rounds (1 epoch each) at alpha 0.7."""
     bundle = copy_bundle("smiler", tmp_path_factory.mktemp("smiler"))
     result = run_cli(
-        *TRAIN, "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, *TINY_OVERRIDES, cwd=bundle
+        train_command("--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, *TINY_OVERRIDES),
+        cwd=bundle,
     )
     return bundle, result
 
@@ -88,7 +98,7 @@ def test_final_model_is_the_last_round_and_flat(relabeled):
 def test_killed_in_round_two_resumes_there_and_keeps_round_one(tiny_ct, tmp_path):
     bundle = copy_bundle("smiler", tmp_path)
     plan = ["--initial_epochs", "1", "--round_epochs", "2", "--num_rounds", "2", "--val_interval", "1"]
-    settings = ["--bundle_root", ".", "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *plan, *TINY_OVERRIDES]
+    settings = ["--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *plan, *TINY_OVERRIDES]
     # a hard kill (os._exit: no clean-up, no final save) after epoch 4, while round 2 (epochs 4..5) is under way
     kill = tmp_path / "kill_after_epoch_4.json"
     kill.write_text(
@@ -101,11 +111,11 @@ def test_killed_in_round_two_resumes_there_and_keeps_round_one(tiny_ct, tmp_path
             }
         )
     )
-    killed = run_cli("run", "--config_file", f"['configs/train.json','{kill}']", *settings, cwd=bundle, check=False)
+    killed = run_cli(train_command(*settings, configs=["configs/train.json", kill]), cwd=bundle, check=False)
     assert killed.returncode == 3
     assert (bundle / "eval" / "round_2" / "pseudo_labels.json").is_file()
     finished_round = _digests(bundle / "eval" / "round_1")
-    resumed = run_cli("run", "--config_file", "configs/train.json", *settings, cwd=bundle)
+    resumed = run_cli(train_command(*settings), cwd=bundle)
     output = resumed.stdout + resumed.stderr
     assert "at epoch 4 of 5" in output and "Epoch: 5/5" in output and "Epoch: 4/5" not in output
     assert "round 1 relabeled" not in output and "round 2 relabeled" not in output  # nothing relabeled again
@@ -117,14 +127,16 @@ def test_folder_of_a_different_run_is_refused_untouched(relabeled, tiny_ct):
     bundle, _ = relabeled
     before = _digests(bundle / "eval")
     changed = run_cli(
-        *TRAIN, "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, "--gamma_max", "0.5",
-        *TINY_OVERRIDES, cwd=bundle, check=False,
+        train_command("--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, "--gamma_max", "0.5",
+                      *TINY_OVERRIDES),
+        cwd=bundle, check=False,
     )  # fmt: skip
     assert changed.returncode != 0
     assert "holds a different relabeling run" in changed.stderr and "gamma_max: folder 0.9, now 0.5" in changed.stderr
     restart = run_cli(
-        *TRAIN, "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, "--resume", "false",
-        *TINY_OVERRIDES, cwd=bundle, check=False,
+        train_command("--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", *TWO_ROUNDS, "--resume", "false",
+                      *TINY_OVERRIDES),
+        cwd=bundle, check=False,
     )  # fmt: skip
     assert restart.returncode != 0 and "already holds a relabeling run" in restart.stderr
     after = _digests(bundle / "eval")  # the refused runs only add their (empty) TensorBoard logs
@@ -184,10 +196,13 @@ def test_uncertainty_rounds_from_smile_weights_with_crest(relabeled, tiny_ct, tm
     trained, _ = relabeled
     bundle = copy_bundle("smiler", tmp_path)
     result = run_cli(
-        *TRAIN, "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", "--num_rounds", "1", "--round_epochs", "1",
-        "--initial_ckpt", str(trained / "eval" / "round_0" / "model.pt"), "--selection", "uncertainty",
-        "--mc_passes", "3", "--crest_alpha", "0.5", "--retrain", "scratch", "--val_interval", "1",
-        *TINY_OVERRIDES, cwd=bundle,
+        train_command(
+            "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", "--num_rounds", "1", "--round_epochs", "1",
+            "--initial_weights", str(trained / "eval" / "round_0" / "model.pt"), "--selection", "uncertainty",
+            "--mc_passes", "3", "--crest_alpha", "0.5", "--retrain", "scratch", "--val_interval", "1",
+            *TINY_OVERRIDES,
+        ),
+        cwd=bundle,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert "relabeling starts from" in output and "retrains from freshly initialised weights" in output
@@ -200,10 +215,11 @@ def test_uncertainty_rounds_from_smile_weights_with_crest(relabeled, tiny_ct, tm
 
 def test_evaluate_the_relabeled_model_on_the_test_split(relabeled, tiny_ct):
     bundle, _ = relabeled
-    run_cli(
-        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root", ".",
-        "--dataset_dir", str(tiny_ct), "--output_dir", "test_eval", *TINY_OVERRIDES, cwd=bundle,
+    command = bundle_command(
+        ["configs/inference.json", "configs/evaluate.json"], bundle_root=".",
+        overrides=["--dataset_dir", str(tiny_ct), "--output_dir", "test_eval", *TINY_OVERRIDES],
     )  # fmt: skip
+    run_cli(command, cwd=bundle)
     metrics = (bundle / "test_eval" / "metrics.csv").read_text()
     assert all(f"val_dice_{organ}" in metrics for organ in ORGANS)
 
@@ -216,14 +232,19 @@ def test_metadata_network_contract_and_torchscript(relabeled, tmp_path):
 
 def test_torchrun_two_cpu_processes_run_one_round(tiny_ct, tmp_path):
     bundle = copy_bundle("smiler", tmp_path)
-    configs = "['configs/train.json','configs/multi_gpu_train.json','" + str(REPO / "tests/bundle/cpu_gloo.json") + "']"
+    recorder = training_case_recorder(tmp_path / "cases")
     run_cli(
-        "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file", configs,
-        "--bundle_root", ".", "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", "--initial_epochs", "1",
-        "--round_epochs", "1", "--num_rounds", "1", "--val_interval", "1", *TINY_OVERRIDES,
-        launcher=(sys.executable, "-m", "torch.distributed.run"), cwd=bundle,
+        train_command(
+            "--dataset_dir", str(tiny_ct), "--missing_rate", "0.7", "--initial_epochs", "1", "--round_epochs", "1",
+            "--num_rounds", "1", "--val_interval", "1", *TINY_OVERRIDES,
+            configs=[*TORCHRUN_CONFIGS, recorder], launcher=torchrun(2),
+        ),
+        cwd=bundle,
     )  # fmt: skip
     report = json.loads((bundle / "eval" / "round_1" / "pseudo_labels.json").read_text())
     datalist = json.loads((tiny_ct / "dataset.json").read_text())
     assert len(report["cases"]) == len(datalist["training"])  # both processes' cases gathered in one report
+    # the SMILE epoch and the relabeled round's epoch: each process trained on its own half of the six cases
+    cases = [Path(entry["image"]).name for entry in datalist["training"]]
+    assert_two_ranks_trained_on_disjoint_halves(tmp_path / "cases", cases, epochs=2)
     assert (bundle / "eval" / "round_1" / "model.pt").is_file() and (bundle / "models" / "model.pt").is_file()

@@ -4,7 +4,7 @@ torchrun, and the shipped weights on freshly generated radiographs."""
 from __future__ import annotations
 
 import json
-import sys
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -14,24 +14,30 @@ import torch
 from monai.bundle import ConfigParser
 
 from benchmarks.xnet_real import RG1_BODY, RG1_OPEN_BEAM
-from common.data.radiograph_io import read_radiograph, write_dicom_cr, write_png
-from common.data.synthetic_xray import generate_radiograph, write_xray_dataset
 from common.handlers.checkpoint import load_weights
-from common.metrics.pixel_classification import PixelClassificationMetric
+from common.xnet.metrics import PixelClassificationMetric
+from common.xnet.radiograph_io import read_radiograph, write_dicom_cr, write_png
 from tests.bundle.conftest import (
     REPO,
+    TORCHRUN_CONFIGS,
+    assert_two_ranks_trained_on_disjoint_halves,
     check_torchscript_export,
     copy_bundle,
     missing_workflow_properties,
     patch_network_def,
     run_cli,
+    training_case_recorder,
     verify_metadata_and_network,
 )
 from tests.real_radiographs import rg1_path
+from tools.bundle_command import bundle_command, torchrun
+from tools.synthetic_xray import generate_radiograph, write_xray_dataset
 
 TINY = ["--input_size", "[32,32]", "--min_image_size", "32", "--num_workers", "0", "--batch_size", "2"]
 TINY_WIDTHS = [4, 8, 8, 16]
 MIN_SHIPPED_F1 = 0.90  # measured 0.926 on these six images (weights 0.2.0)
+VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([-+0-9.eE]+)")
+BEST = re.compile(r"Key metric: val_mean_dice best value: ([-+0-9.eE]+) at epoch: (\d+)")
 
 
 def with_tiny_network(bundle: Path) -> Path:
@@ -39,14 +45,28 @@ def with_tiny_network(bundle: Path) -> Path:
     return patch_network_def(bundle, ("train.json", "inference.json"), channels=TINY_WIDTHS)
 
 
-def train_cli(bundle: Path, dataset: Path, *overrides: str, config: str = "configs/train.json", launcher=()):
-    """Train through ``monai.bundle run``, or through ``launcher`` (e.g. torchrun) running that module."""
-    module = ("-m", "monai.bundle") if launcher else ()
-    return run_cli(
-        *module, "run", "--config_file", config, "--meta_file", "configs/metadata.json",
-        "--logging_file", "configs/logging.conf", "--bundle_root", ".", "--dataset_dir", str(dataset), *TINY,
-        *overrides, cwd=bundle, launcher=launcher,
+def train_cli(bundle: Path, dataset: Path, *overrides: str, configs=("configs/train.json",), launcher=()):
+    """Train through ``monai.bundle run`` (under ``launcher``, e.g. torchrun, when given)."""
+    command = bundle_command(
+        configs, bundle_root=".", meta_file="configs/metadata.json", logging_file="configs/logging.conf",
+        overrides=["--dataset_dir", str(dataset), *TINY, *overrides], launcher=launcher,
     )  # fmt: skip
+    return run_cli(command, cwd=bundle)
+
+
+def validation_dice(bundle: Path, dataset: Path, state_dict: dict) -> float:
+    """``val_mean_dice`` of the weights ``state_dict`` on the validation cases, through the bundle copy's own
+    validation evaluator (without its handlers, so nothing is saved)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update(
+        {"bundle_root": str(bundle), "dataset_dir": str(dataset), "input_size": [32, 32], "min_image_size": 32,
+         "num_workers": 0, "device": "$torch.device('cpu')", "amp": False, "validate#handlers": []}
+    )  # fmt: skip
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.network.load_state_dict(state_dict)
+    evaluator.run()
+    return float(evaluator.state.metrics["val_mean_dice"])
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +89,25 @@ def test_workflow_properties_are_complete(workflow_type, config, tiny_xray, tmp_
     assert not missing_workflow_properties("xnet", workflow_type, config, tiny_xray, tmp_path)
 
 
-def test_cli_training_validates_every_epoch_and_keeps_the_best_weights(trained):
+def test_cli_training_validates_every_epoch_and_keeps_the_best_weights(trained, tiny_xray):
     bundle, result = trained
     log = result.stdout + result.stderr
-    assert log.count("val_mean_dice") >= 2
+    per_epoch = {int(epoch): float(value) for epoch, value in VALIDATION.findall(log)}  # logged to 4 decimals
+    assert sorted(per_epoch) == [1, 2]  # validated after each epoch
+    best_value, best_epoch = BEST.findall(log)[-1]
+    best_value, best_epoch = float(best_value), int(best_epoch)
+    assert per_epoch[best_epoch] == pytest.approx(max(per_epoch.values()), abs=1e-4)
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert weights["encoder1.0.weight"].shape == (4, 1, 3, 3) and weights["head.weight"].shape[0] == 4
     state = torch.load(bundle / "eval" / "checkpoint_last.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2 * 3 and {"network", "optimizer"} <= set(state)  # 6 cases, batches of 2
+    # scored again here, the last epoch's weights give the last validation, models/model.pt the best one; with this
+    # seed epoch 1 scores higher than epoch 2, so the last weights written there instead would fail both checks
+    last = state["network"]
+    assert validation_dice(bundle, tiny_xray, last) == pytest.approx(per_epoch[2], abs=1e-4)
+    assert validation_dice(bundle, tiny_xray, weights) == pytest.approx(best_value, abs=1e-6)
+    same_as_last = weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in weights)
+    assert same_as_last == (best_epoch == 2)
 
 
 def test_cli_training_resumes(trained, tiny_xray):
@@ -112,13 +143,16 @@ def test_k_fold_cross_validation_trains_on_the_other_folds(tiny_xray, tmp_path):
     assert state["trainer"]["iteration"] == 3  # 8 pooled cases, 6 train in folds 0, 2, 3: three batches of 2
 
 
-def test_torchrun_two_cpu_processes_train_one_epoch(tiny_xray, tmp_path):
+def test_torchrun_two_cpu_processes_train_on_disjoint_halves(tiny_xray, tmp_path):
     bundle = with_tiny_network(copy_bundle("xnet", tmp_path))
-    configs = "['configs/train.json','configs/multi_gpu_train.json','" + str(REPO / "tests/bundle/cpu_gloo.json") + "']"
+    recorder = training_case_recorder(tmp_path / "cases")
     result = train_cli(
-        bundle, tiny_xray, "--epochs", "1", config=configs,
-        launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"),
+        bundle, tiny_xray, "--epochs", "2", configs=[*TORCHRUN_CONFIGS, recorder], launcher=torchrun(2)
     )  # fmt: skip
+    training = json.loads((tiny_xray / "dataset.json").read_text())["training"]
+    # the class-balanced sampler draws with replacement, each process from its own half of the six cases
+    cases = [Path(entry["image"]).name for entry in training]
+    assert_two_ranks_trained_on_disjoint_halves(tmp_path / "cases", cases, epochs=2, replacement=True)
     assert (bundle / "models" / "model.pt").is_file()
     assert "val_mean_dice" in result.stdout + result.stderr
 
@@ -127,8 +161,9 @@ def test_calibration_fits_the_temperature_on_validation_and_keeps_the_other_weig
     bundle, _ = trained
     before = torch.load(bundle / "models" / "model.pt", weights_only=True)
     run_cli(
-        "run", "--config_file", "['configs/train.json','configs/calibrate.json']", "--meta_file",
-        "configs/metadata.json", "--bundle_root", ".", "--dataset_dir", str(tiny_xray), *TINY, cwd=bundle,
+        bundle_command(["configs/train.json", "configs/calibrate.json"], meta_file="configs/metadata.json",
+                       bundle_root=".", overrides=["--dataset_dir", str(tiny_xray), *TINY]),
+        cwd=bundle,
     )  # fmt: skip
     after = torch.load(bundle / "models" / "model.pt", weights_only=True)
     report = json.loads((bundle / "eval" / "temperature.json").read_text())
@@ -140,18 +175,32 @@ def test_calibration_fits_the_temperature_on_validation_and_keeps_the_other_weig
 def test_evaluate_writes_metrics_and_reliability_diagram(trained, tiny_xray):
     bundle, _ = trained
     run_cli(
-        "run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--meta_file",
-        "configs/metadata.json", "--bundle_root", ".", "--dataset_dir", str(tiny_xray), *TINY, cwd=bundle,
+        bundle_command(["configs/inference.json", "configs/evaluate.json"], meta_file="configs/metadata.json",
+                       bundle_root=".", overrides=["--dataset_dir", str(tiny_xray), *TINY]),
+        cwd=bundle,
     )  # fmt: skip
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
     raw, postprocessed = metrics["predictions"]["raw"], metrics["predictions"]["postprocessed"]
     assert set(raw["f1_per_class"]) == {"open_beam", "soft_tissue", "bone", "collimator"}
-    assert 0.0 <= metrics["probabilities"]["ece"] <= 1.0 and 0.0 <= postprocessed["accuracy"] <= 1.0
     test_pixels = sum(
         read_radiograph(tiny_xray / entry["image"]).array.size
         for entry in json.loads((tiny_xray / "dataset.json").read_text())["test"]
     )
     assert np.sum(raw["confusion_matrix"]) == test_pixels  # scored on the labels' own pixel grid
+    for variant in (raw, postprocessed):  # accuracy and F1 as the confusion matrix (rows = truth) gives them
+        confusion = np.asarray(variant["confusion_matrix"], dtype=float)
+        assert variant["accuracy"] == pytest.approx(np.trace(confusion) / test_pixels)
+        truth, predicted, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
+        f1 = [2 * tp / (t + p) if t > 0 else None for tp, t, p in zip(hits, truth, predicted, strict=True)]
+        assert list(variant["f1_per_class"].values()) == pytest.approx(f1)
+    # ECE from the written reliability table: the bins' |accuracy - confidence| weighted by their pixel share, the
+    # bins' accuracies averaging to the raw (argmax) accuracy
+    bins = [row for row in metrics["probabilities"]["reliability"] if row["count"] > 0]
+    assert sum(row["count"] for row in bins) == test_pixels
+    shares = [row["count"] / test_pixels for row in bins]
+    gaps = [abs(row["accuracy"] - row["confidence"]) for row in bins]
+    assert metrics["probabilities"]["ece"] == pytest.approx(float(np.dot(shares, gaps)))
+    assert float(np.dot(shares, [row["accuracy"] for row in bins])) == pytest.approx(raw["accuracy"])
     assert (bundle / "eval" / "reliability_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -172,9 +221,12 @@ def radiographs(tmp_path_factory) -> dict[str, Path]:
 def test_inference_on_dicom_png_and_nifti_keeps_each_input_grid(trained, radiographs, tmp_path):
     bundle, _ = trained
     run_cli(
-        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
-        "--bundle_root", ".", "--input_dir", str(radiographs["plain.png"].parent), "--output_dir", str(tmp_path),
-        "--save_probabilities", "true", *TINY, cwd=bundle,
+        bundle_command(
+            "configs/inference.json", meta_file="configs/metadata.json", bundle_root=".",
+            overrides=["--input_dir", str(radiographs["plain.png"].parent), "--output_dir", str(tmp_path),
+                       "--save_probabilities", "true", *TINY],
+        ),
+        cwd=bundle,
     )  # fmt: skip
     expected = {"mono1": np.diag([0.3, 0.2, 1.0, 1.0]), "plain": np.eye(4), "volume2d": np.diag([0.5, 0.4, 1.0, 1.0])}
     for stem, affine in expected.items():
@@ -193,8 +245,10 @@ def test_volume_given_to_the_2d_bundle_is_refused_and_nothing_written(trained, t
     volume.parent.mkdir()
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 5), np.float32), np.eye(4)), volume)
     result = run_cli(
-        "run", "--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
-        "--bundle_root", ".", "--input_dir", str(volume.parent), "--output_dir", str(tmp_path / "out"), *TINY,
+        bundle_command(
+            "configs/inference.json", meta_file="configs/metadata.json", bundle_root=".",
+            overrides=["--input_dir", str(volume.parent), "--output_dir", str(tmp_path / "out"), *TINY],
+        ),
         cwd=bundle, check=False,
     )  # fmt: skip
     assert result.returncode != 0
@@ -239,8 +293,8 @@ def test_shipped_weights_on_the_real_chest_radiograph_rg1(tmp_path_factory, tmp_
     inputs.mkdir()
     (inputs / "RG1.dcm").symlink_to(rg1_path(tmp_path_factory))
     bundle = REPO / "bundles" / "xnet"
-    run_cli("run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-            "--input_dir", str(inputs), "--output_dir", str(tmp_path / "masks"))  # fmt: skip
+    run_cli(bundle_command(bundle / "configs" / "inference.json", bundle_root=bundle,
+                           overrides={"input_dir": inputs, "output_dir": tmp_path / "masks"}))  # fmt: skip
     mask = np.rint(read_radiograph(tmp_path / "masks" / "RG1_seg.nii.gz").array).astype(int)
     assert mask.shape == (1955, 1841)
     for region, box in RG1_OPEN_BEAM.items():

@@ -17,11 +17,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
+from lib.server_process import LabelServerProcess
 
-from common.data.radiograph_io import read_radiograph
-from common.data.synthetic_ct import generate_synthetic_ct
-from common.data.synthetic_xray import write_xray_dataset
-from common.label_server_launcher import LabelServerProcess
+from common.xnet.radiograph_io import read_radiograph
+from tools.synthetic_ct import generate_synthetic_ct
+from tools.synthetic_xray import write_xray_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 LIVER = 1

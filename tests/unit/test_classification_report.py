@@ -10,9 +10,9 @@ from monai.transforms import Activationsd, Compose
 from PIL import Image
 
 from common.errors import InvalidInputError
-from common.handlers.classification_report import ClassificationReport
-from common.metrics.pixel_classification import PixelClassificationMetric
-from common.transforms.xray_postprocessing import SoftTissueThreshold, SoftTissueThresholdd
+from common.xnet.metrics import PixelClassificationMetric
+from common.xnet.postprocessing import SoftTissueThreshold, SoftTissueThresholdd
+from common.xnet.report import ClassificationReport
 
 CLASSES = ["open_beam", "soft_tissue", "bone"]
 

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.data.drr import MU_WATER, CtPhantom, View, draw_view, load_ct_phantom, project_ct, project_view
-from common.data.xray_acquisition import BONE, OPEN_BEAM, SOFT_TISSUE
+from tools.drr import MU_WATER, CtPhantom, View, draw_view, load_ct_phantom, project_ct, project_view
+from tools.xray_acquisition import BONE, OPEN_BEAM, SOFT_TISSUE
 
 VOXEL = 2.0
 SHAPE = (64, 64, 50)  # 128 × 128 × 100 mm, RAS
@@ -142,7 +142,7 @@ def test_mismatched_label_grid_names_both_files(files: tuple[Path, Path], tmp_pa
 
 @pytest.mark.skipif(not REAL_CACHE.is_dir(), reason=f"no cached CT packages in {REAL_CACHE} (set DRR_CACHE_DIR)")
 def test_real_chest_ct_views_are_plausible() -> None:
-    from common.data.package_data import labelled_cts
+    from tools.package_data import labelled_cts
 
     ct = labelled_cts(REAL_CACHE)[0]
     phantom = load_ct_phantom(ct.image, ct.label, ct.bone_values, body_part=ct.body_part)

@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from common.errors import InvalidInputError
-from common.label_server import (
+from lib.label_server import (
     discover_bundles,
     drawn_seed_settings,
     drawn_slices,
@@ -24,6 +22,8 @@ from common.label_server import (
     training_options,
     training_overrides,
 )
+
+from common.errors import InvalidInputError
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -198,7 +198,7 @@ def test_training_options_are_the_plain_settings():
     assert training_options(TRAIN) == {"learning_rate": 0.001, "batch_dice": False, "selection": "confidence"}
 
 
-INFERENCE = {"output_postfix": "seg", "modality": "MRI", "axis": 2, "verification": True, "ct_window": [-300, 400]}
+INFERENCE = {"output_postfix": "seg", "modality": "MRI", "axis": 2, "verification": True, "hu_window": [-300, 400]}
 
 
 def test_inference_options_leave_out_files_lists_and_excluded_names():
@@ -207,9 +207,9 @@ def test_inference_options_leave_out_files_lists_and_excluded_names():
 
 
 def test_inference_overrides_type_the_request_values():
-    request = {"modality": "CT", "verification": "false", "ct_window": [-100, 200], "output_postfix": "x", "other": 1}
+    request = {"modality": "CT", "verification": "false", "hu_window": [-100, 200], "output_postfix": "x", "other": 1}
     overrides = inference_overrides(INFERENCE, request)
-    assert overrides == {"modality": "CT", "verification": False, "ct_window": [-100, 200]}
+    assert overrides == {"modality": "CT", "verification": False, "hu_window": [-100, 200]}
     with pytest.raises(InvalidInputError, match="verification"):
         inference_overrides(INFERENCE, {"verification": "maybe"})
 
@@ -293,3 +293,13 @@ def test_remap_labels_renumbers_by_segment_name():
 def test_remap_labels_refuses_a_label_with_no_known_segment():
     with pytest.raises(InvalidInputError, match=r"l\.nii\.gz: none of its segments \(tumour\) is a label"):
         remap_labels(np.ones((2, 2)), {"tumour": 1}, {"liver": 1}, "l.nii.gz")
+
+
+@pytest.mark.parametrize("bundle", ["smile", "smiler", "sli2vol", "xnet"])
+def test_training_options_never_offer_the_data_monai_label_supplies(bundle):
+    config = json.loads(
+        (Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs" / "train.json").read_text()
+    )
+    offered = training_options(config)
+    assert offered, f"{bundle} offers no training option at all"
+    assert not {"datalist", "train_datalist_key", "val_datalist_key", "dataset_dir", "output_dir"} & set(offered)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.data.package_data import LabelledCt, bone_values, extract, member_filter, total_class_map
+from tools.package_data import LabelledCt, bone_values, extract, member_filter, total_class_map
 
 
 def test_bone_values_pick_bones_but_not_cartilage() -> None:

@@ -10,8 +10,8 @@ from monai.transforms import LoadImaged
 
 from common.data.datalist import load_datalist
 from common.data.json_io import write_json
-from common.data.partial_datalist import main, merge_datasets
 from common.errors import InvalidInputError
+from common.smile.partial_datalist import main, merge_datasets
 from common.transforms import RemapLabelsd
 
 CLASSES = ["liver", "pancreas", "spleen"]
@@ -104,7 +104,7 @@ def test_command_line(sources, tmp_path):
     arguments = ["--classes", *CLASSES, "--output", str(output), "--validation_fraction", "0.5", "--seed", "3"]
     for dataset_json, mapping in sources:
         arguments += ["--source", str(dataset_json), ",".join(f"{value}={name}" for value, name in mapping.items())]
-    command = [sys.executable, "-m", "common.data.partial_datalist", *arguments]
+    command = [sys.executable, "-m", "common.smile.partial_datalist", *arguments]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
     assert str(output) in result.stdout
     merged = json.loads(output.read_text())

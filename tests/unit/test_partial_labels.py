@@ -4,7 +4,7 @@ import torch
 from monai.data import MetaTensor
 
 from common.errors import InvalidInputError
-from common.transforms import (
+from common.smile import (
     AnnotatedClassesd,
     LabelMapToMultiLabel,
     ProbabilitiesToLabelMap,

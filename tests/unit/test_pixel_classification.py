@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.errors import InvalidInputError
-from common.metrics.pixel_classification import (
+from common.xnet.metrics import (
     PixelClassificationMetric,
     auc_from_histograms,
     calibration_bins,
@@ -42,6 +42,29 @@ def test_ece_of_six_pixels_by_hand():
     # (0.6, 0.8] holds 0.7 (0, 0.7); (0.8, 1] holds 0.9, 0.95 (1, 0.925)
     expected = (2 * 0.175 + 1 * 0.5 + 1 * 0.7 + 2 * 0.075) / 6
     assert expected_calibration_error(confidence, correct, num_bins=5) == pytest.approx(expected)
+
+
+def test_ece_of_a_perfectly_calibrated_set_is_zero():
+    # 5 bins; in each occupied bin the share of right pixels equals the confidence: 3 of 10 right at 0.3,
+    # 1 of 2 at 0.5, 7 of 10 at 0.7, 4 of 4 at 1.0
+    confidence = torch.tensor([0.3] * 10 + [0.5] * 2 + [0.7] * 10 + [1.0] * 4, dtype=torch.float64)
+    correct = torch.tensor([1] * 3 + [0] * 7 + [1, 0] + [1] * 7 + [0] * 3 + [1] * 4)
+    assert expected_calibration_error(confidence, correct, num_bins=5) == pytest.approx(0.0, abs=1e-12)
+    table = reliability_from_bins(calibration_bins(confidence, correct, 5))
+    assert [row["count"] for row in table] == [0, 10, 2, 10, 4]
+    assert [row["accuracy"] for row in table[1:]] == pytest.approx([0.3, 0.5, 0.7, 1.0])
+    # the same confidences, all right: each bin's gap is 1 - confidence, weighted by its share of the 26 pixels
+    all_right = (10 * 0.7 + 2 * 0.5 + 10 * 0.3 + 4 * 0.0) / 26
+    assert expected_calibration_error(confidence, torch.ones(26), num_bins=5) == pytest.approx(all_right)
+
+
+def test_ece_is_one_when_every_pixel_is_certain_and_wrong():
+    assert expected_calibration_error(torch.ones(7), torch.zeros(7), num_bins=15) == 1.0
+    assert expected_calibration_error(torch.zeros(3), torch.ones(3), num_bins=15) == 1.0  # never sure, always right
+    metric = PixelClassificationMetric(3)
+    metric.update(_confident(PREDICTION, confidence=1.0), _label([[1, 2, 0], [2, 0, 1]]))  # one-hot, all wrong
+    result = metric.aggregate()
+    assert result["accuracy"] == 0.0 and result["ece"] == 1.0
 
 
 def test_calibration_bins_are_closed_on_the_right():

@@ -6,10 +6,8 @@ import torch
 from monai.data import MetaTensor, decollate_batch, list_data_collate
 from scipy import ndimage
 
-from common.networks import Sli2VolNet
-from common.propagation import (
-    CopyPropagation,
-    OpticalFlowPropagation,
+from common.sli2vol import (
+    Sli2VolNet,
     SlicePropagationInferer,
     SlicePropagator,
     accepts_step,
@@ -19,6 +17,7 @@ from common.propagation import (
     signed_distance,
     verify_slice,
 )
+from tools.propagation_baselines import CopyPropagation, OpticalFlowPropagation
 
 SIZE = 20
 ROWS, COLS = slice(7, 13), slice(7, 13)  # the 6x6 square P

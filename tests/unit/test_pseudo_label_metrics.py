@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from common.metrics import precision_recall, pseudo_label_counts
+from common.smile import precision_recall, pseudo_label_counts
 
 
 def test_counts_per_evaluated_class():

@@ -7,8 +7,8 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, LoadImaged, Orientationd, Spacingd
 from torch import nn
 
-from common.engines.pseudo_labeler import PseudoLabeler
-from common.engines.selection import has_dropout
+from common.smile.pseudo_labeler import PseudoLabeler
+from common.smile.selection import has_dropout
 
 
 def _direct(inputs, network):

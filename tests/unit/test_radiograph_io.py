@@ -1,4 +1,4 @@
-"""Tests of radiograph reading and writing (common.data.radiograph_io) on tiny files written to tmp_path."""
+"""Tests of radiograph reading and writing (common.xnet.radiograph_io) on tiny files written to tmp_path."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from common.data.radiograph_io import (
+from common.errors import InvalidInputError
+from common.xnet.radiograph_io import (
     RADIOGRAPH_SUFFIXES,
     RadiographReader,
     read_radiograph,
     write_dicom_cr,
     write_png,
 )
-from common.data.synthetic_xray import generate_radiograph
-from common.errors import InvalidInputError
 from tests.real_radiographs import rg1_path
+from tools.synthetic_xray import generate_radiograph
 
 # Non-square and asymmetric, so that a transposed or flipped read cannot pass.
 ASYMMETRIC = (np.arange(35, dtype=np.uint16).reshape(5, 7) * 37) % 251
@@ -177,7 +177,7 @@ def test_unusable_spacing_is_unknown_and_logged_once(tmp_path, caplog, case):
     np.testing.assert_allclose(image.affine.numpy(), np.eye(4))
     np.testing.assert_allclose(image.meta["pixel_spacing"], [1.0, 1.0])
     assert image.meta["pixel_spacing_source"] == "unknown"
-    [record] = [record for record in caplog.records if record.name == "common.data.radiograph_io"]
+    [record] = [record for record in caplog.records if record.name == "common.xnet.radiograph_io"]
     message = record.getMessage()
     assert record.levelname == "WARNING" and message.startswith(f"{tmp_path / 'image.dcm'}: ")
     assert problem in message and message.endswith("pixel spacing unknown, using 1 unit per pixel")
@@ -204,7 +204,7 @@ def test_real_computed_radiograph_with_zero_spacing_is_read(rg1, caplog):
     assert radiograph.spacing_source == image.meta["pixel_spacing_source"] == "unknown"
     np.testing.assert_allclose(image.affine.numpy(), np.eye(4))
     np.testing.assert_array_equal(image[0].numpy(), radiograph.array)
-    warnings = [record.getMessage() for record in caplog.records if record.name == "common.data.radiograph_io"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "common.xnet.radiograph_io"]
     assert len(warnings) == 2 and "RG1_UNCR.dcm: PixelSpacing (0.0, 0.0) is not usable" in warnings[0]
     # MONOCHROME1 inverted: the open beam above the shoulder (top left) is dark, the mediastinum (centre) bright.
     corner, centre = radiograph.array[:200, :200].mean(), radiograph.array[900:1100, 850:1000].mean()
@@ -246,7 +246,7 @@ def test_nifti_keeps_its_array_and_affine(tmp_path, trailing):
     np.testing.assert_allclose(radiograph.affine, affine)
 
 
-@pytest.mark.parametrize("reader", [RadiographReader(), "common.data.radiograph_io.RadiographReader"])
+@pytest.mark.parametrize("reader", [RadiographReader(), "common.xnet.radiograph_io.RadiographReader"])
 def test_load_imaged_gives_channel_first_metatensors(tmp_path, reader):
     write_dicom_cr(tmp_path / "image.dcm", 4095 - ASYMMETRIC, "MONOCHROME1", pixel_spacing=(0.2, 0.3))
     write_png(tmp_path / "label.png", ASYMMETRIC % 3, bit_depth=8)

@@ -7,9 +7,9 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from common.data.writers import write_label_map
-from common.engines.relabeling import reinitialize_parameters
 from common.errors import InvalidInputError
-from common.transforms import MergePseudoLabelsd
+from common.smile import MergePseudoLabelsd
+from common.smile.relabeling import reinitialize_parameters
 
 # ----------------------------------------------------------------------------------------- reinitialize_parameters
 

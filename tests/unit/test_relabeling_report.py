@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from common.engines.relabeling_report import case_record, round_report, write_round_report, write_summary
+from common.smile.relabeling_report import case_record, round_report, write_round_report, write_summary
 
 CLASSES = ["liver", "kidney", "spleen", "pancreas"]
 

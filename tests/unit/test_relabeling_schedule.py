@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from common.engines.schedule import RelabelingSchedule
+from common.smile.schedule import RelabelingSchedule
 
 # ------------------------------------------------------------------------------------------------------- epoch plan
 

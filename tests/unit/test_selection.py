@@ -6,7 +6,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNet
 from torch import nn
 
-from common.engines.selection import (
+from common.smile.selection import (
     binary_entropy,
     class_fractions,
     crest_rates,

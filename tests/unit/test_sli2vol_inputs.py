@@ -12,14 +12,16 @@ from monai.transforms import LoadImaged
 from common.data.datalist import propagation_datalist
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
-from common.propagation import (
+from common.sli2vol import (
     AnnotatedSeedd,
     LargestSliceSeedd,
+    RandSlicePairsd,
     check_same_geometry,
+    modality_normalisation,
     seed_slice_index,
     seed_slice_indices,
 )
-from common.transforms import CheckSegmentationInputd, RandSlicePairsd, modality_normalisation
+from common.transforms import CheckSegmentationInputd
 
 IMAGE_FILE, LABEL_FILE = "/data/case_03.nii.gz", "/data/case_03_seed.nii.gz"
 
@@ -287,12 +289,12 @@ def test_slice_pairs_refuse_thin_or_flat_volumes():
         RandSlicePairsd(keys=["image", "label"])
 
 
-def test_ct_window():
+def test_hu_window_clips_ct():
     image = torch.tensor([[[[-1000.0, -300.0, 50.0, 400.0, 2000.0]]]])
     result = modality_normalisation("image", "CT")({"image": image})["image"]
     expected = torch.tensor([0.0, 0.0, 350 / 700 * 255, 255.0, 255.0])
     torch.testing.assert_close(torch.as_tensor(result).flatten(), expected)
-    narrow = modality_normalisation("image", "CT", ct_window=(0, 100))({"image": image})["image"]
+    narrow = modality_normalisation("image", "CT", hu_window=(0, 100))({"image": image})["image"]
     torch.testing.assert_close(torch.as_tensor(narrow).flatten(), torch.tensor([0.0, 0.0, 127.5, 255.0, 255.0]))
 
 

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.networks import EdgeProfile, Sli2VolNet, local_affinity, reconstruct
-from common.propagation import SlicePropagator
+from common.sli2vol import EdgeProfile, Sli2VolNet, SlicePropagator, local_affinity, reconstruct
 
 
 def _offsets(radius):

@@ -12,8 +12,8 @@ from torch import nn
 
 from benchmarks.sli2vol_speed import encoder_efficiency, encoder_flops, shipped_encoder_config
 from common.handlers.checkpoint import load_weights
-from common.networks import Sli2VolNet
-from common.networks import sli2vol as sli2vol_module
+from common.sli2vol import Sli2VolNet
+from common.sli2vol import network as sli2vol_module
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "sli2vol" / "models" / "model.pt"
 CONFIGS = {

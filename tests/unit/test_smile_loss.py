@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from common.losses import SmileLoss
+from common.smile import SmileLoss
 
 
 def _example():

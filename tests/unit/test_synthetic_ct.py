@@ -1,4 +1,4 @@
-"""Tests of the synthetic abdominal CT generator (common.data.synthetic_ct), on tiny volumes."""
+"""Tests of the synthetic abdominal CT generator (tools.synthetic_ct), on tiny volumes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from common.data import synthetic_ct
 from common.data.datalist import load_datalist
-from common.data.synthetic_ct import ORGAN_LABELS, generate_synthetic_ct, make_phantom
+from tools import synthetic_ct
+from tools.synthetic_ct import ORGAN_LABELS, generate_synthetic_ct, make_phantom
 
 SHAPE = (48, 48, 16)
 SPACING = (0.8, 0.8, 2.5)
@@ -186,7 +186,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(tmp_path, monkeypatc
 
 
 def test_command_line_writes_the_datalist(tmp_path):
-    command = [sys.executable, "-m", "common.data.synthetic_ct", "--output_dir", str(tmp_path), "--num_cases", "3"]
+    command = [sys.executable, "-m", "tools.synthetic_ct", "--output_dir", str(tmp_path), "--num_cases", "3"]
     command += ["--shape", "32", "32", "8", "--spacing", "1.0", "1.0", "3.0", "--seed", "5"]
     result = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

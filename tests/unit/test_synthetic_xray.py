@@ -1,4 +1,4 @@
-"""Tests of the synthetic radiograph generator (common.data.synthetic_xray), on tiny images."""
+"""Tests of the synthetic radiograph generator (tools.synthetic_xray), on tiny images."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from common.data import package_data
-from common.data.package_data import LabelledCt
-from common.data.radiograph_io import read_radiograph
-from common.data.synthetic_xray import (
+from common.xnet.radiograph_io import read_radiograph
+from tools import package_data
+from tools.package_data import LabelledCt
+from tools.synthetic_xray import (
     BITS_STORED,
     BODY_PART_FREQUENCIES,
     CLASS_NAMES,

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional
 
 from common.handlers.temperature_scaling import TemperatureScaling, fit_temperature
-from common.networks.xnet import XNet
+from common.xnet.network import XNet
 
 
 def _overconfident_sample(true_temperature: float, num_pixels: int = 20000, seed: int = 0):

@@ -2,12 +2,12 @@ import pytest
 import torch
 from torch.nn import functional
 
-from common.losses.regularised import KernelL2CrossEntropyLoss
-from common.networks.xnet import XNet, conv_kernel_l2
+from common.xnet.loss import KernelL2CrossEntropyLoss
+from common.xnet.network import XNet, conv_kernel_l2
 
 
 def test_paper_widths_have_the_parameter_count_of_the_layer_list():
-    # 11.73 M, counted from the published layer list (METHODS.md 2.1), for k = 3
+    # 11.73 M, counted from the published layer list (docs/methods/xnet.md §2.1), for k = 3
     assert sum(p.numel() for p in XNet().parameters()) == 11_734_851
 
 

@@ -1,4 +1,4 @@
-"""Tests of the acquisition model (common.data.xray_acquisition): what a CR/DX system makes of a projected object."""
+"""Tests of the acquisition model (tools.xray_acquisition): what a CR/DX system makes of a projected object."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 from scipy import ndimage
 
-from common.data.radiograph_io import read_radiograph, write_dicom_cr
-from common.data.xray_acquisition import (
+from common.xnet.radiograph_io import read_radiograph, write_dicom_cr
+from tools.xray_acquisition import (
     BITS_STORED,
     ProjectedObject,
     acquire_radiograph,

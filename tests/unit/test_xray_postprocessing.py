@@ -5,7 +5,7 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from common.errors import InvalidInputError
-from common.transforms.xray_postprocessing import (
+from common.xnet.postprocessing import (
     BoneOpening,
     BoneOpeningd,
     SoftTissueThreshold,

@@ -16,10 +16,10 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
-from common.data.radiograph_io import DICOM_SUFFIXES
+from common.data.file_types import DICOM_SUFFIXES
 from common.data.writers import write_label_map
 from common.handlers.checkpoint import load_weights
-from common.label_server import (
+from lib.label_server import (
     Bundle,
     drawn_seed_settings,
     drawn_structure,
@@ -181,11 +181,11 @@ class DrawnSliceTask(BundleSegmentationTask):
     with its verification: from the one slice, or from every drawn slice (the bundle's ``seeds="all"``; a bundle
     without a ``seeds`` setting takes one slice and refuses several). It returns the mask with the drawn label
     values in the image's geometry. Request params ``axis`` and ``seed_slice`` choose them by hand; ``seeds`` is
-    set from the drawing. See :func:`common.label_server.drawn_seed_settings`.
+    set from the drawing. See :func:`lib.label_server.drawn_seed_settings`.
 
     From 3D Slicer (params ``label_info`` and ``selected_label_name``), the upload holds every segment: the
     structure is the foreground scribbles, or else the selected segment, and the result (value 1) replaces the
-    selected segment; see :func:`common.label_server.drawn_structure`.
+    selected segment; see :func:`lib.label_server.drawn_structure`.
     """
 
     per_request_settings = BundleSegmentationTask.per_request_settings | {"axis", "seed_slice", "seeds"}

@@ -44,7 +44,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Settings the app controls itself, or that name files; a request cannot set them.
-_MANAGED_TRAINING = frozenset({"bundle_root", "device", "epochs", "resume", "output_dir", "dataset_dir", "amp"})
+_MANAGED_TRAINING = frozenset(
+    {"bundle_root", "device", "epochs", "resume", "output_dir", "dataset_dir", "amp"}
+    | {"datalist", "train_datalist_key", "val_datalist_key"}  # MONAI Label supplies the data itself
+)
 _MANAGED_INFERENCE = frozenset(
     {"bundle_root", "device", "output_dir", "dataset_dir", "input_dir", "datalist_key", "output_postfix"}
     | {"save_probabilities", "image", "label"}

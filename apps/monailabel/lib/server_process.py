@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["LabelServerProcess", "free_port"]
 
-START_SCRIPT = Path(__file__).resolve().parents[1] / "apps" / "monailabel" / "start.py"
+START_SCRIPT = Path(__file__).resolve().parents[1] / "start.py"
 
 
 def free_port() -> int:

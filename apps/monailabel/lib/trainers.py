@@ -12,7 +12,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 from common.data.writers import write_label_map
-from common.label_server import Bundle, remap_labels, segment_values, training_options, training_overrides
+from lib.label_server import Bundle, remap_labels, segment_values, training_options, training_overrides
 
 __all__ = ["BundleTrainingTask"]
 
@@ -30,7 +30,7 @@ class BundleTrainingTask(BundleTrainTask):
       renumbered by segment name to the bundle's ``label_names`` into the run folder; other labels are used
       as saved, so they must hold the bundle's values;
     - every request trains afresh in ``eval/monailabel/<time>`` of the working copy (see
-      :func:`common.label_server.training_overrides`); the best weights go to the working copy's
+      :func:`lib.label_server.training_overrides`); the best weights go to the working copy's
       ``models/model.pt``, which the infer task reloads.
     """
 

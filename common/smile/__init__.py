@@ -1,0 +1,72 @@
+"""SMILE and SMILEr (docs/methods/smile.md): targets and loss for partially labelled classes, the
+self-relabeling rounds, pseudo-label selection and class rebalancing, and merging single-structure datasets.
+"""
+
+from common.smile.loss import SmileLoss
+from common.smile.partial_datalist import merge_datasets, parse_mapping
+from common.smile.pseudo_label_metrics import precision_recall, pseudo_label_counts
+from common.smile.pseudo_labeler import SELECTION_RULES, UNCERTAINTY_MEASURES, PseudoLabeler
+from common.smile.relabeling import RETRAIN_MODES, RelabelingRounds, reinitialize_parameters
+from common.smile.relabeling_report import case_record, round_report, write_round_report, write_summary
+from common.smile.schedule import RelabelingSchedule
+from common.smile.selection import (
+    binary_entropy,
+    class_fractions,
+    crest_rates,
+    gamma_schedule,
+    has_dropout,
+    mc_dropout_predict,
+    select_confident,
+    select_least_uncertain,
+    select_top_fraction,
+)
+from common.smile.targets import (
+    AnnotatedClassesd,
+    LabelMapToMultiLabel,
+    LabelMapToMultiLabeld,
+    MergePseudoLabelsd,
+    ProbabilitiesToLabelMap,
+    ProbabilitiesToLabelMapd,
+    SimulateMissingAnnotationsd,
+    SmileTarget,
+    SmileTargetd,
+    foreground_one_hot,
+)
+
+__all__ = [
+    "RETRAIN_MODES",
+    "SELECTION_RULES",
+    "UNCERTAINTY_MEASURES",
+    "AnnotatedClassesd",
+    "LabelMapToMultiLabel",
+    "LabelMapToMultiLabeld",
+    "MergePseudoLabelsd",
+    "ProbabilitiesToLabelMap",
+    "ProbabilitiesToLabelMapd",
+    "PseudoLabeler",
+    "RelabelingRounds",
+    "RelabelingSchedule",
+    "SimulateMissingAnnotationsd",
+    "SmileLoss",
+    "SmileTarget",
+    "SmileTargetd",
+    "binary_entropy",
+    "case_record",
+    "class_fractions",
+    "crest_rates",
+    "foreground_one_hot",
+    "gamma_schedule",
+    "has_dropout",
+    "mc_dropout_predict",
+    "merge_datasets",
+    "parse_mapping",
+    "precision_recall",
+    "pseudo_label_counts",
+    "reinitialize_parameters",
+    "round_report",
+    "select_confident",
+    "select_least_uncertain",
+    "select_top_fraction",
+    "write_round_report",
+    "write_summary",
+]

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.xnet.radiograph_io import read_radiograph
 from tools.bundle_command import bundle_command
+from tools.results import binary_dice
 from tools.synthetic_xray import write_xray_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +66,6 @@ def _http_seconds(server: LabelServerProcess, model: str, image_id: str, label: 
     response.raise_for_status()
     out.write_bytes(response.content)
     return seconds
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def _cases(args) -> list[dict]:
@@ -144,7 +141,7 @@ def main() -> None:
                 "identical": bool(cli_mask.shape == http_mask.shape and np.array_equal(cli_mask, http_mask)),
             }
             if "truth" in case:
-                row["dice"] = _dice(http_mask > 0, np.asarray(nib.load(case["truth"]).dataobj) > 0)
+                row["dice"] = binary_dice(http_mask > 0, np.asarray(nib.load(case["truth"]).dataobj) > 0)
             rows.append(row)
             tqdm.write(str(row))  # above the bar
             sys.stdout.flush()

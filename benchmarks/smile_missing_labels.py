@@ -58,21 +58,18 @@ def train_and_evaluate(method: str, alpha: float, dataset: Path, run_dir: Path, 
     done = run_dir / "test_dice.json"
     if done.is_file():
         return json.loads(done.read_text())
-    common = [
-        "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"),
-        "--output_dir", str(run_dir / "eval"), "--missing_rate", str(alpha), "--seed", str(seed),
-        "--num_workers", "0",
+    locations = [
+        "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"), "--output_dir", str(run_dir / "eval"),
+    ]  # fmt: skip
+    training = [
+        "--missing_rate", str(alpha), "--seed", str(seed), "--num_workers", "0", "--epochs", str(args.epochs),
+        "--val_interval", str(args.val_interval), *args.bundle_args,
     ]  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "log.txt").open("w") as log:
-        for config, extra in (
-            (
-                CONFIGS[method],
-                ["--epochs", str(args.epochs), "--val_interval", str(args.val_interval), *args.bundle_args],
-            ),
-            (EVALUATION_CONFIGS[method], []),
-        ):
-            command = bundle_command([BUNDLE / f for f in config], bundle_root=BUNDLE, overrides=[*common, *extra])
+        # evaluation takes only the ids inference.json has: the data, the weights and the output folder
+        for config, overrides in ((CONFIGS[method], [*locations, *training]), (EVALUATION_CONFIGS[method], locations)):
+            command = bundle_command([BUNDLE / f for f in config], bundle_root=BUNDLE, overrides=overrides)
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     dice = read_test_dice(run_dir / "eval" / "val_mean_dice_summary.csv")
     done.write_text(json.dumps(dice, indent=4) + "\n")

@@ -73,9 +73,10 @@ def run_method(method: str, alpha: float, dataset: Path, run_dir: Path, smile: F
     if smile is not None:
         smile.result()  # the SMILE model the variant starts from must be trained first
     smile_dir = run_dir.parent / "smile"
+    locations = ["--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models")]
     shared = [
-        "--dataset_dir", str(dataset), "--ckpt_dir", str(run_dir / "models"), "--missing_rate", str(alpha),
-        "--seed", str(args.seed), "--num_workers", "0", "--network_def#dropout", str(args.dropout),
+        *locations, "--missing_rate", str(alpha), "--seed", str(args.seed), "--num_workers", "0",
+        "--network_def#dropout", str(args.dropout),
     ]  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "log.txt").open("a") as log:
@@ -96,7 +97,8 @@ def run_method(method: str, alpha: float, dataset: Path, run_dir: Path, smile: F
                  *args.bundle_args], log)  # fmt: skip
             evaluation = ("smiler", ("inference.json", "evaluate.json"))
         bundle, files = evaluation
-        _cli(bundle, files, [*shared, "--output_dir", str(run_dir / "test")], log)
+        # evaluation takes only the ids inference.json has (dropout is off in evaluation mode)
+        _cli(bundle, files, [*locations, "--output_dir", str(run_dir / "test")], log)
     dice = read_test_dice(run_dir / "test" / "val_mean_dice_summary.csv")
     done.write_text(json.dumps(dice, indent=4) + "\n")
     return dice

@@ -37,8 +37,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.data.file_types import RADIOGRAPH_SUFFIXES
 from common.data.json_io import write_json
-from common.xnet.radiograph_io import RADIOGRAPH_SUFFIXES, RadiographReader, read_radiograph
+from common.xnet.radiograph_io import RadiographReader, read_radiograph
 from tools.bundle_command import bundle_command
 from tools.package_data import rg1_radiograph
 

@@ -1,6 +1,6 @@
 """Shared library of the annotation-efficient MONAI bundles.
 
-Shared primitives by kind (``data``, ``transforms``, ``handlers``, ``metrics``) and one package per method
+Shared primitives by kind (``data``, ``transforms``, ``handlers``) and one package per method
 (``smile``, ``sli2vol``, ``xnet``) with what only that method uses. Methods import primitives, never each
 other. Subpackages load on first attribute access (``common.smile.SmileTargetd`` in a bundle config after
 ``$import common``), so light tools do not pay for importing torch and MONAI.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_SUBPACKAGES = ("data", "handlers", "metrics", "transforms", "smile", "sli2vol", "xnet")
+_SUBPACKAGES = ("data", "handlers", "transforms", "smile", "sli2vol", "xnet")
 
 __all__ = list(_SUBPACKAGES)
 

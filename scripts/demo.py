@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tools.bundle_command import bundle_command
+from tools.results import read_metrics_csv
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -130,10 +131,6 @@ def bundle_args(
     )  # fmt: skip
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    return {name: float(value) for name, value in csv.reader(path.open())}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work_dir", type=Path, default=REPO / "work" / "demo")
@@ -212,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         logs / "xnet.log",
     )  # fmt: skip
 
-    smile = read_metrics(work / "evaluation" / "metrics.csv")
-    relabeled = read_metrics(work / "smiler_evaluation" / "metrics.csv")
+    smile = read_metrics_csv(work / "evaluation" / "metrics.csv")
+    relabeled = read_metrics_csv(work / "smiler_evaluation" / "metrics.csv")
     print("\nDemo summary: Dice per organ on the test split")
     print(f"  {'':<9} {'SMILE':>7} {'SMILEr':>7}")
     for organ in ORGANS:
@@ -224,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         if row["precision"] or row["recall"]:
             precision, recall = _fraction(row["precision"]), _fraction(row["recall"])
             print(f"  round {row['round']} {row['class']:<9} {precision} / {recall}")
-    propagated = read_metrics(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
+    propagated = read_metrics_csv(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
     print(f"\nSli2Vol from one slice per test case (LA-MRI weights, no CT training): mean Dice {propagated:.3f}")
     xnet = json.loads((work / "xnet" / "metrics.json").read_text())
     raw, processed = xnet["predictions"]["raw"], xnet["predictions"]["postprocessed"]

@@ -50,7 +50,7 @@ def torchrun(nproc_per_node: int = 2, python: str = sys.executable) -> list[str]
 
 
 def bundle_command(
-    config_files: PathLike | Sequence[PathLike],
+    config_files: PathLike | Sequence[PathLike] | None,
     *,
     workflow: str = "run",
     positional: Sequence[str] = (),
@@ -64,7 +64,8 @@ def bundle_command(
     """The argument list of one ``monai.bundle`` call.
 
     Args:
-        config_files: one config file or several, merged in order (later files override earlier ones).
+        config_files: one config file or several, merged in order (later files override earlier ones); None for
+            a workflow that reads none (``verify_metadata``).
         workflow: ``run``, ``ckpt_export``, ``verify_metadata``, ``verify_net_in_out``, ...
         positional: arguments right after the workflow name (``ckpt_export``'s ``network_def``).
         bundle_root, meta_file, logging_file: passed when given.
@@ -73,7 +74,9 @@ def bundle_command(
         launcher: a command that runs a module, e.g. :func:`torchrun`; it replaces ``python``.
     """
     command = [*launcher] if launcher else [python]
-    command += ["-m", "monai.bundle", workflow, *positional, "--config_file", config_file_arg(config_files)]
+    command += ["-m", "monai.bundle", workflow, *positional]
+    if config_files is not None:
+        command += ["--config_file", config_file_arg(config_files)]
     for name, value in (("bundle_root", bundle_root), ("meta_file", meta_file), ("logging_file", logging_file)):
         if value is not None:
             command += [f"--{name}", str(value)]

@@ -2,7 +2,7 @@
 
     .venv-label/bin/python apps/monailabel/start.py --studies /path/to/images [--port 8000] [--conf name value]
 
-It serves the folder of images (NIfTI, NRRD, MHA/MHD, DICOM, PNG, JPEG, TIFF files, as listed in
+It serves the folder of images (NIfTI, NRRD, MHA, DICOM, PNG, JPEG, TIFF files, as listed in
 ``common.data.file_types``; subfolders are not scanned) and only listens on this machine.
 """
 
@@ -18,7 +18,8 @@ from pathlib import Path
 from common.data.file_types import ALL_IMAGE_SUFFIXES
 
 APP_DIR = Path(__file__).resolve().parent
-IMAGE_PATTERNS = [f"*{suffix}" for suffix in ALL_IMAGE_SUFFIXES]
+# .mhd is left out: its pixels are in a second file that the datastore would not serve with it
+IMAGE_PATTERNS = [f"*{suffix}" for suffix in ALL_IMAGE_SUFFIXES if suffix != ".mhd"]
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES = ("atomic", "cases", "datalist", "folds", "json_io", "tolerant", "writers")
+_MODULES = ("atomic", "cases", "datalist", "file_types", "folds", "json_io", "tolerant", "writers")
 
 __all__ = list(_MODULES)
 

@@ -26,24 +26,30 @@ def case_name(data: Mapping, key: str = "image") -> str:
     return Path(case_path(data, key)).name
 
 
-def annotation_indicator(annotated_classes: Sequence[int] | None, num_classes: int, source: str = "") -> np.ndarray:
+def annotation_indicator(
+    annotated_classes: Sequence[int] | None, num_foreground_classes: int, source: str = ""
+) -> np.ndarray:
     """Indicator of the annotated foreground classes.
 
     Args:
         annotated_classes: class indices in 1..K, or None for "every class is annotated".
-        num_classes: K, the number of foreground classes.
+        num_foreground_classes: K, the number of foreground classes.
         source: the case, named in the error message.
 
     Returns:
         uint8 array of shape (K,): element k-1 is 1 when class k is annotated.
     """
     if annotated_classes is None:
-        return np.ones(num_classes, dtype=np.uint8)
-    indicator = np.zeros(num_classes, dtype=np.uint8)
+        return np.ones(num_foreground_classes, dtype=np.uint8)
+    indicator = np.zeros(num_foreground_classes, dtype=np.uint8)
     for value in annotated_classes:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= num_classes:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 1 <= value <= num_foreground_classes
+        ):
             raise InvalidInputError(
-                f"{source}: annotated_classes names class {value!r}, but the classes are 1..{num_classes}"
+                f"{source}: annotated_classes names class {value!r}, but the classes are 1..{num_foreground_classes}"
             )
         indicator[value - 1] = 1
     return indicator

@@ -31,7 +31,7 @@ def load_datalist(
     datalist: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
     key: str = "training",
-    num_classes: int | None = None,
+    num_foreground_classes: int | None = None,
     require_label: bool = True,
     missing_ok: bool = False,
 ) -> list[dict]:
@@ -41,7 +41,7 @@ def load_datalist(
         datalist: the JSON file.
         dataset_dir: folder the entries' relative paths start from; defaults to the datalist's folder.
         key: the section, e.g. "training", "validation", "test".
-        num_classes: K; when given, ``annotated_classes`` must name classes in 1..K.
+        num_foreground_classes: K; when given, ``annotated_classes`` must name classes in 1..K.
         require_label: every entry must have a "label".
         missing_ok: return [] when the datalist has no ``key`` section (its entries are still checked when it has).
 
@@ -61,7 +61,7 @@ def load_datalist(
     entries, problems = [], []
     for index, entry in enumerate(content[key]):
         entry = dict(entry) if isinstance(entry, dict) else {"image": entry}
-        problems += _check_entry(entry, index, base, num_classes, require_label)
+        problems += _check_entry(entry, index, base, num_foreground_classes, require_label)
         for field in ("image", "label"):
             if field in entry:
                 entry[field] = str(base / entry[field])
@@ -73,7 +73,9 @@ def load_datalist(
     return entries
 
 
-def _check_entry(entry: dict, index: int, base: Path, num_classes: int | None, require_label: bool) -> list[str]:
+def _check_entry(
+    entry: dict, index: int, base: Path, num_foreground_classes: int | None, require_label: bool
+) -> list[str]:
     problems = []
     fields = ("image", "label") if require_label else ("image",)
     for field in fields:
@@ -81,9 +83,9 @@ def _check_entry(entry: dict, index: int, base: Path, num_classes: int | None, r
             problems.append(f"entry {index} has no '{field}'")
         elif not (base / entry[field]).is_file():
             problems.append(f"entry {index}: {field} file {base / entry[field]} does not exist")
-    if num_classes is not None and "annotated_classes" in entry:
+    if num_foreground_classes is not None and "annotated_classes" in entry:
         try:
-            annotation_indicator(entry["annotated_classes"], num_classes, source=f"entry {index}")
+            annotation_indicator(entry["annotated_classes"], num_foreground_classes, source=f"entry {index}")
         except InvalidInputError as error:
             problems.append(str(error))
     return problems

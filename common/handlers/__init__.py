@@ -2,14 +2,12 @@
 
 from common.handlers.checkpoint import ResumableCheckpoint, WeightsLoader, check_state_dict_fits, load_weights, unwrap
 from common.handlers.input_failures import InputFailureReport
-from common.handlers.metrics import PartialLabelDice, per_class_dice
 from common.handlers.progress import TerminalProgressBar, shows_progress
 from common.handlers.ranks import handlers_for_this_rank
 from common.handlers.temperature_scaling import TemperatureScaling, fit_temperature
 
 __all__ = [
     "InputFailureReport",
-    "PartialLabelDice",
     "ResumableCheckpoint",
     "TemperatureScaling",
     "TerminalProgressBar",
@@ -18,7 +16,6 @@ __all__ = [
     "fit_temperature",
     "handlers_for_this_rank",
     "load_weights",
-    "per_class_dice",
     "shows_progress",
     "unwrap",
 ]

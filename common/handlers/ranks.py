@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import ignite.distributed as idist
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
 
-__all__ = ["MAIN_PROCESS_HANDLERS", "barrier", "gather_lists", "handlers_for_this_rank", "is_main_process", "rank"]
+__all__ = [
+    "MAIN_PROCESS_HANDLERS",
+    "barrier",
+    "gather_lists",
+    "handlers_for_this_rank",
+    "is_main_process",
+    "rank",
+    "world_size",
+]
 
 # Handlers that log or write files: one process is enough, and several would write the same files.
 MAIN_PROCESS_HANDLERS = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver)
@@ -22,6 +30,11 @@ def rank() -> int:
     return idist.get_rank()
 
 
+def world_size() -> int:
+    """The number of processes: 1 without a process group."""
+    return idist.get_world_size()
+
+
 def is_main_process() -> bool:
     """True on rank 0 and without a process group: the process that logs and writes files."""
     return rank() == 0
@@ -29,13 +42,13 @@ def is_main_process() -> bool:
 
 def barrier() -> None:
     """Wait for every process (nothing to wait for without a process group)."""
-    if idist.get_world_size() > 1:
+    if world_size() > 1:
         idist.barrier()
 
 
 def gather_lists(items: list) -> list:
     """Every process's ``items`` concatenated in rank order (``items`` itself without a process group)."""
-    if idist.get_world_size() == 1:
+    if world_size() == 1:
         return items
     return [item for part in idist.all_gather(items) for item in part]
 

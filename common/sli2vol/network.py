@@ -97,7 +97,7 @@ class EdgeProfile(nn.Module):
 
     For r = 3 this gives 48 channels: g(x)_d(p) = softmax_d(x(p) - x(p + d)) over all offsets d != 0,
     with replicate padding at the border. The intensity scale sets how peaked the softmax is: inputs are
-    expected in [0, 255] (see ``common.transforms.sli2vol``).
+    expected in [0, 255] (see ``common.sli2vol.modality_normalisation``).
 
     Args:
         radius: r, the window radius.

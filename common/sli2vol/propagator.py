@@ -1,4 +1,4 @@
-"""Propagate an annotation of one or more slices through a volume (Sli2Vol inference)."""
+"""Propagate an annotation of one or more slices through a volume (Sli2Vol inference, docs/methods/sli2vol.md §1.5)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""SMILE and SMILEr (docs/methods/smile.md): targets and loss for partially labelled classes, the
-self-relabeling rounds, pseudo-label selection and class rebalancing, and merging single-structure datasets.
+"""SMILE and SMILEr (docs/methods/smile.md): targets, loss and Dice metric for partially labelled classes, the
+self-relabeling rounds, pseudo-label selection and class rebalancing, and merging single-structure datasets (with
+the per-case label remapping they need).
 """
 
+from common.smile.dice import PartialLabelDice, PartialLabelDiceMetric, partial_label_dice, per_class_dice
+from common.smile.label_mapping import RemapLabelsd
 from common.smile.loss import SmileLoss
 from common.smile.partial_datalist import merge_datasets, parse_mapping
 from common.smile.pseudo_label_metrics import precision_recall, pseudo_label_counts
@@ -41,11 +44,14 @@ __all__ = [
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
     "MergePseudoLabelsd",
+    "PartialLabelDice",
+    "PartialLabelDiceMetric",
     "ProbabilitiesToLabelMap",
     "ProbabilitiesToLabelMapd",
     "PseudoLabeler",
     "RelabelingRounds",
     "RelabelingSchedule",
+    "RemapLabelsd",
     "SimulateMissingAnnotationsd",
     "SmileLoss",
     "SmileTarget",
@@ -60,6 +66,8 @@ __all__ = [
     "mc_dropout_predict",
     "merge_datasets",
     "parse_mapping",
+    "partial_label_dice",
+    "per_class_dice",
     "precision_recall",
     "pseudo_label_counts",
     "reinitialize_parameters",

@@ -1,4 +1,7 @@
-"""SMILE loss: binary cross-entropy over K independent sigmoid heads, weighted by the ambiguity map."""
+"""SMILE loss: binary cross-entropy over K independent sigmoid heads, weighted by the ambiguity map.
+
+docs/methods/smile.md §3.2.
+"""
 
 from __future__ import annotations
 
@@ -47,14 +50,14 @@ class SmileLoss(_Loss):
         Returns:
             the scalar loss.
         """
-        num_classes = logits.shape[1]
-        if target.shape[1] != 2 * num_classes or target.shape[2:] != logits.shape[2:]:
+        k = logits.shape[1]
+        if target.shape[1] != 2 * k or target.shape[2:] != logits.shape[2:]:
             raise ValueError(
-                f"target must have shape (B, 2K, *spatial) = (B, {2 * num_classes}, {tuple(logits.shape[2:])}), "
+                f"target must have shape (B, 2K, *spatial) = (B, {2 * k}, {tuple(logits.shape[2:])}), "
                 f"got {tuple(target.shape)}"
             )
         logits = logits.float()
-        labels, weights = target[:, :num_classes].float(), target[:, num_classes:].float()
+        labels, weights = target[:, :k].float(), target[:, k:].float()
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         loss = (weights * bce).sum() / weights.sum().clamp_min(1.0)
         if self.dice_weight > 0:

@@ -3,7 +3,7 @@
 Each source dataset delineates a few organs with its own label values, e.g. Task03_Liver (1 liver, 2 tumour) and
 Task09_Spleen (1 spleen). The merged datalist lists every case of every source with the target classes that its
 source annotates (``annotated_classes``) and how its label values become target classes (``label_mapping``);
-no label file is rewritten. Train with :class:`common.transforms.RemapLabelsd` right after loading::
+no label file is rewritten. Train with :class:`common.smile.RemapLabelsd` right after loading::
 
     python -m common.smile.partial_datalist --classes liver pancreas spleen \\
         --source /data/Task03_Liver/dataset.json 1=liver,2=liver \\

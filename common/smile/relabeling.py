@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
@@ -43,7 +42,7 @@ from common.data.writers import write_label_map
 from common.errors import InvalidInputError
 from common.handlers.checkpoint import load_weights, unwrap
 from common.handlers.progress import shows_progress
-from common.handlers.ranks import barrier, gather_lists, is_main_process
+from common.handlers.ranks import barrier, gather_lists, is_main_process, rank, world_size
 from common.settings import as_flag
 from common.smile.pseudo_label_metrics import pseudo_label_counts
 from common.smile.pseudo_labeler import PseudoLabeler
@@ -332,21 +331,20 @@ class RelabelingRounds:
         gamma = gamma_schedule(round_index, self.schedule.num_rounds, self.gamma_max)
         rates = self._rates()
         fractions = class_fractions(gamma, rates)
-        rank, world = idist.get_rank(), idist.get_world_size()
         folder = self._round_dir(round_index)
         records = []
         logger.info(
             "round %d/%d: relabeling %d training volumes", round_index, self.schedule.num_rounds, len(self.datalist)
         )
         volumes = tqdm(
-            range(rank, len(self.datalist), world), desc=f"round {round_index}/{self.schedule.num_rounds} relabel",
-            unit="volume", leave=False, disable=not shows_progress(),
+            range(rank(), len(self.datalist), world_size()), unit="volume", leave=False,
+            desc=f"round {round_index}/{self.schedule.num_rounds} relabel", disable=not shows_progress(),
         )  # fmt: skip
         for index in volumes:
             generator_seed = self.seed + 1000 * round_index + index
             records.append(self._relabel_case(index, fractions, folder, generator_seed))
         records = gather_lists(records)
-        if rank == 0:
+        if is_main_process():
             report = round_report(round_index, gamma, self.labeler.selection, self.class_names, rates, records)
             write_round_report(report, folder)
             write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
@@ -357,18 +355,18 @@ class RelabelingRounds:
         loaded = self.load_transform(dict(self.datalist[index]))
         truth = loaded["label"]
         simulated = self.simulation(dict(loaded)) if self.simulation is not None else loaded
-        num_classes = len(self.class_names)
+        num_foreground_classes = len(self.class_names)
         annotated = torch.as_tensor(simulated["annotated_classes"]).bool()
         relabelled = ~annotated
-        evaluated = torch.as_tensor(simulated.get("dropped_classes", torch.zeros(num_classes))).bool()
-        voxels = torch.zeros(num_classes, dtype=torch.int64)
-        counts = torch.zeros(num_classes, 3, dtype=torch.int64)
+        evaluated = torch.as_tensor(simulated.get("dropped_classes", torch.zeros(num_foreground_classes))).bool()
+        voxels = torch.zeros(num_foreground_classes, dtype=torch.int64)
+        counts = torch.zeros(num_foreground_classes, 3, dtype=torch.int64)
         pseudo_file = None
         if relabelled.any():
             with _seeded(seed, self.device):
                 probabilities, uncertainty = self.labeler.predict(simulated["image"], self.device)
             pseudo = self.labeler.select(probabilities, uncertainty, simulated["label"], fractions * relabelled)
-            voxels = foreground_one_hot(pseudo, num_classes).sum(dim=tuple(range(1, pseudo.ndim)))
+            voxels = foreground_one_hot(pseudo, num_foreground_classes).sum(dim=tuple(range(1, pseudo.ndim)))
             counts = pseudo_label_counts(pseudo, torch.as_tensor(truth), evaluated)
             name = self._case_names[index]
             path = write_label_map(pseudo.numpy(), simulated["image"].affine.numpy(), folder / "pseudo_labels" / name)

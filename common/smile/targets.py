@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 
-def foreground_one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+def foreground_one_hot(label: torch.Tensor, num_foreground_classes: int) -> torch.Tensor:
     """Bool channels (K, *spatial) of a label map (1, *spatial): channel k-1 is ``label == k``, background dropped."""
-    classes = torch.arange(1, num_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
+    classes = torch.arange(1, num_foreground_classes + 1, device=label.device).view(-1, *([1] * (label.ndim - 1)))
     return label == classes
 
 
@@ -45,17 +45,21 @@ class AnnotatedClassesd(Transform):
     A fixed-size indicator collates into batches, which a variable-length list does not.
     """
 
-    def __init__(self, num_classes: int, annotated_key: str = "annotated_classes", name_key: str = "image") -> None:
-        self.num_classes = num_classes
+    def __init__(
+        self, num_foreground_classes: int, annotated_key: str = "annotated_classes", name_key: str = "image"
+    ) -> None:
+        self.num_foreground_classes = num_foreground_classes
         self.annotated_key = annotated_key
         self.name_key = name_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         listed = d.get(self.annotated_key)
-        if isinstance(listed, (np.ndarray, torch.Tensor)) and len(listed) == self.num_classes:
+        if isinstance(listed, (np.ndarray, torch.Tensor)) and len(listed) == self.num_foreground_classes:
             return d
-        d[self.annotated_key] = annotation_indicator(listed, self.num_classes, source=case_path(d, self.name_key))
+        d[self.annotated_key] = annotation_indicator(
+            listed, self.num_foreground_classes, source=case_path(d, self.name_key)
+        )
         return d
 
 
@@ -67,7 +71,7 @@ class SimulateMissingAnnotationsd(Transform):
     indicator; ``dropped_key`` records them as a (K,) uint8 indicator.
 
     Args:
-        num_classes: K, the number of foreground classes.
+        num_foreground_classes: K, the number of foreground classes.
         missing_rate: alpha in [0, 1], the probability that an organ's delineation is removed from a case.
         seed: the simulation's seed.
         label_key: key of the integer label map, shape (1, *spatial).
@@ -77,7 +81,7 @@ class SimulateMissingAnnotationsd(Transform):
 
     def __init__(
         self,
-        num_classes: int,
+        num_foreground_classes: int,
         missing_rate: float,
         seed: int = 0,
         label_key: str = "label",
@@ -86,7 +90,7 @@ class SimulateMissingAnnotationsd(Transform):
     ) -> None:
         if not 0.0 <= missing_rate <= 1.0:
             raise ValueError(f"missing_rate must be in [0, 1], got {missing_rate}")
-        self.num_classes = num_classes
+        self.num_foreground_classes = num_foreground_classes
         self.missing_rate = missing_rate
         self.seed = seed
         self.label_key = label_key
@@ -96,7 +100,7 @@ class SimulateMissingAnnotationsd(Transform):
     def dropped_classes(self, name: str, annotated: np.ndarray) -> np.ndarray:
         """(K,) uint8 indicator of the annotated classes that case ``name`` loses."""
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-        draws = rng.random(self.num_classes)
+        draws = rng.random(self.num_foreground_classes)
         return ((draws < self.missing_rate) & (annotated > 0)).astype(np.uint8)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -128,10 +132,10 @@ class SmileTarget(Transform):
     Returns a float32 tensor of shape (2K, *spatial): channels 0..K-1 are the targets, K..2K-1 the weights.
     """
 
-    def __init__(self, num_classes: int, pseudo_weight: float = 1.0) -> None:
+    def __init__(self, num_foreground_classes: int, pseudo_weight: float = 1.0) -> None:
         if not 0.0 <= pseudo_weight <= 1.0:
             raise ValueError(f"pseudo_weight must be in [0, 1], got {pseudo_weight}")
-        self.num_classes = num_classes
+        self.num_foreground_classes = num_foreground_classes
         self.pseudo_weight = pseudo_weight
 
     def __call__(
@@ -146,12 +150,12 @@ class SmileTarget(Transform):
             annotated: (K,) indicator of the annotated classes.
             pseudo_label: optional integer map of pseudo-labels, shape (1, *spatial), values in 0..K.
         """
-        targets = foreground_one_hot(label, self.num_classes).float()
+        targets = foreground_one_hot(label, self.num_foreground_classes).float()
         known = torch.as_tensor(np.asarray(annotated), device=label.device).bool().view(-1, *([1] * (label.ndim - 1)))
         unknown_weights = (label > 0).float().expand_as(targets)
         if pseudo_label is not None:
             pseudo_only = (pseudo_label > 0) & (label == 0)
-            pseudo_positive = ~known & pseudo_only & foreground_one_hot(pseudo_label, self.num_classes)
+            pseudo_positive = ~known & pseudo_only & foreground_one_hot(pseudo_label, self.num_foreground_classes)
             targets = torch.where(pseudo_positive, torch.ones_like(targets), targets)
             unknown_weights = torch.where(pseudo_only, torch.full_like(targets, self.pseudo_weight), unknown_weights)
         weights = torch.where(known, torch.ones_like(targets), unknown_weights)
@@ -167,14 +171,14 @@ class SmileTargetd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        num_classes: int,
+        num_foreground_classes: int,
         annotated_key: str = "annotated_classes",
         pseudo_key: str = "pseudo_label",
         pseudo_weight: float = 1.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = SmileTarget(num_classes, pseudo_weight)
+        self.converter = SmileTarget(num_foreground_classes, pseudo_weight)
         self.annotated_key = annotated_key
         self.pseudo_key = pseudo_key
 
@@ -254,19 +258,19 @@ class ProbabilitiesToLabelMapd(MapTransform):
 class LabelMapToMultiLabel(Transform):
     """Label map (1, *spatial) with values 0..K to K binary channels (K, *spatial), background dropped."""
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def __init__(self, num_foreground_classes: int) -> None:
+        self.num_foreground_classes = num_foreground_classes
 
     def __call__(self, label: torch.Tensor) -> torch.Tensor:
-        return foreground_one_hot(label, self.num_classes).float()
+        return foreground_one_hot(label, self.num_foreground_classes).float()
 
 
 class LabelMapToMultiLabeld(MapTransform):
     """Dictionary version of :class:`LabelMapToMultiLabel`."""
 
-    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, num_foreground_classes: int, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = LabelMapToMultiLabel(num_classes)
+        self.converter = LabelMapToMultiLabel(num_foreground_classes)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

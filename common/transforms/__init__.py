@@ -1,6 +1,5 @@
 """MONAI-style transforms (array + dictionary pairs) shared by the bundles."""
 
-from common.transforms.label_mapping import RemapLabelsd
 from common.transforms.validation import CheckSegmentationInputd, LoadInputImaged
 
-__all__ = ["CheckSegmentationInputd", "LoadInputImaged", "RemapLabelsd"]
+__all__ = ["CheckSegmentationInputd", "LoadInputImaged"]

@@ -47,10 +47,12 @@ class CheckSegmentationInputd(Transform):
     """Validate a loaded, channel-first image (and label, when present) before any resampling.
 
     Checks that the image has ``spatial_dims`` spatial dimensions, each at least ``min_size`` voxels, and no NaN;
-    that the label has the image's spatial shape; and that label values are integers in 0..``num_classes``.
+    that the label has the image's spatial shape; and that label values are integers in
+    0..``num_foreground_classes``.
 
     Args:
-        num_classes: K, the largest valid label value; None skips the label value check.
+        num_foreground_classes: K, the largest valid label value (label values 0..K, 0 being background; XNet,
+            whose C classes are 0..C-1, passes C - 1); None skips the label value check.
         spatial_dims: 3 for volumes.
         image_key: key of the image, shape (C, *spatial).
         label_key: key of the label, shape (1, *spatial); skipped when absent from the data.
@@ -60,14 +62,14 @@ class CheckSegmentationInputd(Transform):
 
     def __init__(
         self,
-        num_classes: int | None = None,
+        num_foreground_classes: int | None = None,
         spatial_dims: int = 3,
         image_key: str = "image",
         label_key: str = "label",
         num_channels: int | None = None,
         min_size: int = 2,
     ) -> None:
-        self.num_classes = num_classes
+        self.num_foreground_classes = num_foreground_classes
         self.spatial_dims = spatial_dims
         self.num_channels = num_channels
         self.min_size = min_size
@@ -106,13 +108,13 @@ class CheckSegmentationInputd(Transform):
                 f"{name}: label spatial shape {tuple(label.shape[1:])} differs from the image {image_name} "
                 f"spatial shape {tuple(image_shape)}"
             )
-        if self.num_classes is None:
+        if self.num_foreground_classes is None:
             return
         values = torch.unique(label)
-        bad = values[(values < 0) | (values > self.num_classes) | (values != torch.round(values))]
+        bad = values[(values < 0) | (values > self.num_foreground_classes) | (values != torch.round(values))]
         if len(bad):
             shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
             raise InvalidInputError(
-                f"{name}: label values must be integers in 0..{self.num_classes}, found {shown}"
+                f"{name}: label values must be integers in 0..{self.num_foreground_classes}, found {shown}"
                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             )

@@ -25,9 +25,7 @@ from common.xnet.postprocessing import (
     square_opening,
 )
 from common.xnet.radiograph_io import (
-    DICOM_SUFFIXES,
     PHOTOMETRIC_INTERPRETATIONS,
-    RADIOGRAPH_SUFFIXES,
     SPACING_SOURCES,
     Radiograph,
     RadiographReader,
@@ -38,9 +36,7 @@ from common.xnet.radiograph_io import (
 from common.xnet.report import ClassificationReport
 
 __all__ = [
-    "DICOM_SUFFIXES",
     "PHOTOMETRIC_INTERPRETATIONS",
-    "RADIOGRAPH_SUFFIXES",
     "SPACING_SOURCES",
     "BoneOpening",
     "BoneOpeningd",

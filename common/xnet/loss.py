@@ -1,4 +1,7 @@
-"""Per-pixel cross-entropy with an explicit L2 penalty on the network's convolution kernels (XNet's loss)."""
+"""Per-pixel cross-entropy with an explicit L2 penalty on the network's convolution kernels.
+
+XNet's loss: docs/methods/xnet.md §2.2.
+"""
 
 from __future__ import annotations
 

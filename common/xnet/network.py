@@ -1,4 +1,7 @@
-"""XNet: the double encoder-decoder ("W"-shaped) network for 2D X-ray segmentation (Bullock et al., SPIE MI 2019)."""
+"""XNet: the double encoder-decoder ("W"-shaped) network for 2D X-ray segmentation.
+
+Bullock et al., SPIE MI 2019; docs/methods/xnet.md §2.1.
+"""
 
 from __future__ import annotations
 

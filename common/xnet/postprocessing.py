@@ -1,4 +1,4 @@
-"""XNet post-processing of X-ray segmentations (open beam / soft tissue / bone).
+"""XNet post-processing of X-ray segmentations (open beam / soft tissue / bone; docs/methods/xnet.md §2.3).
 
 Two steps from the XNet paper's PostProcessing.py: a soft-tissue probability threshold, which trades soft-tissue
 false positives for false negatives, and a morphological clean-up of the bone mask (opening, then an optional

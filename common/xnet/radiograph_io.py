@@ -52,13 +52,11 @@ except ImportError:  # pydicom 2 (MONAI Label's environment pins pydicom < 3)
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
 from common.data.atomic import atomic_target
-from common.data.file_types import DICOM_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, RADIOGRAPH_SUFFIXES
+from common.data.file_types import DICOM_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES
 from common.errors import InvalidInputError
 
 __all__ = [
-    "DICOM_SUFFIXES",
     "PHOTOMETRIC_INTERPRETATIONS",
-    "RADIOGRAPH_SUFFIXES",
     "SPACING_SOURCES",
     "Radiograph",
     "RadiographReader",
@@ -68,7 +66,10 @@ __all__ = [
 ]
 
 PHOTOMETRIC_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
-SUPPORTED = "DICOM (.dcm, .dicom or no suffix), PNG, JPEG, TIFF or NIfTI (.nii, .nii.gz)"
+SUPPORTED = (
+    f"DICOM ({', '.join(DICOM_SUFFIXES)} or no suffix), pictures ({', '.join(PICTURE_SUFFIXES)}) "
+    f"or NIfTI ({', '.join(NIFTI_SUFFIXES)})"
+)
 # Where a radiograph's pixel spacing came from; "unknown" means 1 unit per pixel.
 SPACING_SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "affine", "unknown")
 

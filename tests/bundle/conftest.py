@@ -181,8 +181,10 @@ def verify_metadata_and_network(bundle: Path) -> None:
     """The Model Zoo's offline checks: metadata against the schema (md5-checked copy), network in/out contract."""
     schema = json.loads((bundle / "configs" / "metadata.json").read_text())["schema"].rsplit("/", 1)[-1]
     run_cli(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
-         "--filepath", str(SCHEMAS / schema), "--hash_val", "662135097106b71067cd1fc657f8720f"],
+        bundle_command(
+            None, workflow="verify_metadata", meta_file="configs/metadata.json",
+            overrides=["--filepath", str(SCHEMAS / schema), "--hash_val", "662135097106b71067cd1fc657f8720f"],
+        ),
         cwd=bundle,
     )  # fmt: skip
     run_cli(

@@ -15,15 +15,11 @@ import numpy as np
 import pytest
 
 from common.xnet.radiograph_io import read_radiograph
+from tools.results import read_metrics_csv
 
 REPO = Path(__file__).resolve().parents[2]
 ORGANS = ("liver", "pancreas", "stomach")
 MIN_XNET_F1 = 0.85  # the shipped XNet weights: macro F1 0.926 on these ten radiographs (seed 7)
-
-
-def read_metrics(path: Path) -> dict[str, float]:
-    """A ``metrics.csv`` summary (``name,value`` lines)."""
-    return {name: float(value) for name, value in csv.reader(path.open())}
 
 
 def volume(path: Path) -> np.ndarray:
@@ -49,8 +45,8 @@ def printed(pattern: str, stdout: str) -> list[tuple[str, ...]]:
 def check_smile_dice(work: Path, stdout: str) -> None:
     """The printed Dice table is the evaluations' metrics.csv; SMILE's Dice is that of the written masks."""
     smile, smiler = (
-        read_metrics(work / "evaluation" / "metrics.csv"),
-        read_metrics(work / "smiler_evaluation" / "metrics.csv"),
+        read_metrics_csv(work / "evaluation" / "metrics.csv"),
+        read_metrics_csv(work / "smiler_evaluation" / "metrics.csv"),
     )
     rows = {name: (a, b) for name, a, b in printed(r"^  (liver|pancreas|stomach|mean)\s+(\S+)\s+(\S+)$", stdout)}
     assert sorted(rows) == sorted([*ORGANS, "mean"])
@@ -110,7 +106,7 @@ def check_sli2vol_dice(work: Path, stdout: str) -> None:
         written = [float(row[f"class{i}"]) for i in range(3)]
         np.testing.assert_allclose(written, scores, atol=1e-5, err_msg=entry["image"])
         per_case.append(scores)
-    mean = read_metrics(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
+    mean = read_metrics_csv(work / "sli2vol" / "metrics.csv")["val_mean_dice"]
     assert mean == pytest.approx(np.nanmean(per_case), abs=1e-5)
     (shown,) = printed(r"no CT training\): mean Dice (\S+)$", stdout)
     assert shown == f"{mean:.3f}"

@@ -20,6 +20,7 @@ import requests
 from lib.server_process import LabelServerProcess
 
 from common.xnet.radiograph_io import read_radiograph
+from tools.results import binary_dice
 from tools.synthetic_ct import generate_synthetic_ct
 from tools.synthetic_xray import write_xray_dataset
 
@@ -96,10 +97,6 @@ def _nifti(response: requests.Response, path: Path, server: Server) -> nib.Nifti
     return nib.load(path)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
 def _one_slice(label: np.ndarray, value: int, axis: int, new_value: int) -> tuple[np.ndarray, int]:
     """A label map holding only the largest slice (along ``axis``) of structure ``value``, as ``new_value``."""
     mask = label == value
@@ -167,7 +164,7 @@ def test_sli2vol_propagates_one_drawn_slice_through_the_volume(server, data, tmp
     assert set(np.unique(mask)) == {0, 5}
     np.testing.assert_array_equal(mask[..., index], drawn[..., index])
     assert (mask.reshape(-1, mask.shape[2]).any(axis=0)).sum() >= 3, "the mask should reach beyond the drawn slice"
-    dice = _dice(mask == 5, truth == LIVER)
+    dice = binary_dice(mask == 5, truth == LIVER)
     assert dice > 0.75, f"Dice {dice:.3f} of the propagated liver (CT intensity scaling)"
 
 
@@ -188,7 +185,7 @@ def test_sli2vol_takes_a_slicer_scribbles_request_drawn_in_another_view(server, 
     assert set(np.unique(mask)) == {0, 1}
     np.testing.assert_array_equal(mask[index], drawn[index] == 2)
     assert mask.any(axis=(1, 2)).sum() >= 3, "propagated across sagittal slices (axis 0)"
-    dice = _dice(mask == 1, truth == LIVER)
+    dice = binary_dice(mask == 1, truth == LIVER)
     assert dice > 0.6, f"Dice {dice:.3f} of the liver propagated across sagittal slices"
 
 
@@ -215,7 +212,9 @@ def test_sli2vol_propagates_from_several_drawn_slices(server, data, tmp_path):
         response = server.post(
             "/infer/sli2vol?image=ct_000&output=image", files={"label": label}, data={"params": params}
         )
-    one_slice_dice = _dice(np.asarray(_nifti(response, tmp_path / "one_out.nii.gz", server).dataobj) == 1, truth == 1)
+    one_slice_dice = binary_dice(
+        np.asarray(_nifti(response, tmp_path / "one_out.nii.gz", server).dataobj) == 1, truth == 1
+    )
 
     drawn, indices = _slices(truth, LIVER, axis=2, positions=[0.2, 0.5, 0.8], new_value=3)  # the liver segment
     assert len(indices) == 3 and min(np.diff(indices)) > 1, indices
@@ -230,7 +229,7 @@ def test_sli2vol_propagates_from_several_drawn_slices(server, data, tmp_path):
     assert mask.shape == truth.shape and set(np.unique(mask)) == {0, 1}
     for index in indices:
         np.testing.assert_array_equal(mask[..., index], drawn[..., index] == 3, err_msg=f"drawn slice {index}")
-    dice = _dice(mask == 1, truth == LIVER)
+    dice = binary_dice(mask == 1, truth == LIVER)
     assert dice >= one_slice_dice - 0.02, f"Dice {dice:.3f} from 3 slices, {one_slice_dice:.3f} from one"
     assert dice > 0.75, f"Dice {dice:.3f} of the liver propagated from 3 slices"
 

@@ -28,6 +28,8 @@ def test_run_and_export_commands():
     ]  # fmt: skip
     export = bundle_command("i.json", workflow="ckpt_export", positional=["network_def"], python="py")
     assert export == ["py", "-m", "monai.bundle", "ckpt_export", "network_def", "--config_file", "i.json"]
+    verify = bundle_command(None, workflow="verify_metadata", meta_file="m.json", python="py")
+    assert verify == ["py", "-m", "monai.bundle", "verify_metadata", "--meta_file", "m.json"]
 
 
 def test_torchrun_launcher_replaces_the_interpreter():

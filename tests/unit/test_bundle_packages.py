@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(path.name for path in (REPO / "bundles").iterdir() if (path / "configs" / "metadata.json").is_file())
-SHARED = {"common.data", "common.transforms", "common.handlers", "common.metrics", "common.errors", "common.settings"}
+SHARED = {"common.data", "common.transforms", "common.handlers", "common.errors", "common.settings"}
 METHODS = {"common.smile", "common.sli2vol", "common.xnet"}
 REFERENCE = re.compile(r"\bcommon\.\w+")
 

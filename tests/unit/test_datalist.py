@@ -20,7 +20,7 @@ def dataset(tmp_path):
 
 
 def test_paths_become_absolute_and_extra_keys_are_kept(dataset):
-    entries = load_datalist(dataset, num_classes=3)
+    entries = load_datalist(dataset, num_foreground_classes=3)
     assert entries[0]["image"] == str(dataset.parent / "a_img.nii.gz")
     assert entries[0]["annotated_classes"] == [1, 3]
     assert dataset.read_text().endswith("}\n")
@@ -40,7 +40,7 @@ def test_annotated_class_outside_range_is_named(dataset):
     content["training"][1]["annotated_classes"] = [2, 7]
     write_json(content, dataset)
     with pytest.raises(InvalidInputError, match=r"entry 1: annotated_classes names class 7"):
-        load_datalist(dataset, num_classes=3)
+        load_datalist(dataset, num_foreground_classes=3)
 
 
 def test_missing_section_and_bad_json(dataset, tmp_path):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from common.metrics import PartialLabelDiceMetric, partial_label_dice
+from common.smile import PartialLabelDiceMetric, partial_label_dice
 
 
 def _stack(labels, weights):

@@ -19,7 +19,7 @@ def _item(image, label=None):
 
 def test_valid_volume_passes():
     data = _item(torch.zeros(1, 4, 4, 3), torch.tensor([0, 1, 2, 3]).repeat(12).view(1, 4, 4, 3))
-    assert CheckSegmentationInputd(num_classes=3)(data) is data
+    assert CheckSegmentationInputd(num_foreground_classes=3)(data) is data
 
 
 def test_2d_image_is_rejected_with_its_name():
@@ -51,7 +51,7 @@ def test_label_values_outside_classes(value, shown):
         match=rf"ct_01_label\.nii\.gz: label values must be integers in 0\.\.3, "
         rf"found {shown}",
     ):
-        CheckSegmentationInputd(num_classes=3)(_item(torch.zeros(1, 4, 4, 4), label))
+        CheckSegmentationInputd(num_foreground_classes=3)(_item(torch.zeros(1, 4, 4, 4), label))
 
 
 def test_image_smaller_than_the_network_minimum_is_rejected():

@@ -3,7 +3,7 @@ import torch
 from monai.data import MetaTensor
 
 from common.errors import InvalidInputError
-from common.transforms import RemapLabelsd
+from common.smile import RemapLabelsd
 
 
 def _label(values, name="case_007_seg.nii.gz"):

@@ -11,8 +11,8 @@ from monai.transforms import LoadImaged
 from common.data.datalist import load_datalist
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
+from common.smile import RemapLabelsd
 from common.smile.partial_datalist import main, merge_datasets
-from common.transforms import RemapLabelsd
 
 CLASSES = ["liver", "pancreas", "spleen"]
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_unknown_class_duplicate_image_and_missing_file_name_the_source(sources,
 
 def test_merged_datalist_loads_and_remaps_a_pancreas_case(sources, tmp_path):
     merged = merge_datasets(sources, CLASSES, tmp_path / "combined" / "dataset.json")
-    entries = load_datalist(merged, num_classes=3)
+    entries = load_datalist(merged, num_foreground_classes=3)
     pancreas = next(entry for entry in entries if "pancreas_001" in entry["image"])
     assert Path(pancreas["image"]).resolve() == (tmp_path / "Task07_Pancreas/imagesTr/pancreas_001.nii.gz").resolve()
     loaded = LoadImaged(keys=["image", "label"], ensure_channel_first=True)(pancreas)

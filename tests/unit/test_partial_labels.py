@@ -20,7 +20,7 @@ def _label(values, name="case_007.nii.gz"):
 
 def test_smile_target_and_weight_map_follow_the_rule():
     label = torch.tensor([[0, 1, 2, 3]])
-    stack = SmileTarget(num_classes=3)(label, np.array([1, 0, 1]))
+    stack = SmileTarget(num_foreground_classes=3)(label, np.array([1, 0, 1]))
     targets, weights = stack[:3], stack[3:]
     assert targets.tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     # class 2 is not annotated: known only on voxels of other organs (and its own positive label), never background
@@ -29,13 +29,13 @@ def test_smile_target_and_weight_map_follow_the_rule():
 
 def test_smile_targetd_reads_the_annotation_indicator():
     data = {"label": torch.tensor([[[0, 1], [3, 0]]]), "annotated_classes": np.array([0, 0, 1])}
-    out = SmileTargetd("label", num_classes=3)(data)
+    out = SmileTargetd("label", num_foreground_classes=3)(data)
     assert out["label"].shape == (6, 2, 2)
     assert out["label"][3].tolist() == [[0, 1], [1, 0]]  # liver unannotated: weight only on foreground voxels
 
 
 def test_annotated_classes_absent_means_all_and_list_becomes_indicator():
-    to_indicator = AnnotatedClassesd(num_classes=3)
+    to_indicator = AnnotatedClassesd(num_foreground_classes=3)
     assert to_indicator({"image": "a.nii.gz"})["annotated_classes"].tolist() == [1, 1, 1]
     assert to_indicator({"image": "a.nii.gz", "annotated_classes": [3, 1]})["annotated_classes"].tolist() == [1, 0, 1]
 
@@ -45,20 +45,20 @@ def test_annotated_class_that_does_not_exist_is_named(bad):
     with pytest.raises(
         InvalidInputError, match=r"case_1\.nii\.gz: annotated_classes names class .* classes are 1\.\.3"
     ):
-        AnnotatedClassesd(num_classes=3)({"image": "/x/case_1.nii.gz", "annotated_classes": bad})
+        AnnotatedClassesd(num_foreground_classes=3)({"image": "/x/case_1.nii.gz", "annotated_classes": bad})
 
 
 def test_missing_rate_zero_and_one():
     data = {"label": _label([0, 1, 2, 3]), "annotated_classes": np.ones(3, np.uint8)}
-    kept = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.0)(data)
+    kept = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=0.0)(data)
     assert kept["label"].tolist() == [[0, 1, 2, 3]] and kept["dropped_classes"].tolist() == [0, 0, 0]
-    dropped = SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.0)(data)
+    dropped = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=1.0)(data)
     assert dropped["label"].tolist() == [[0, 0, 0, 0]]
     assert dropped["annotated_classes"].tolist() == [0, 0, 0] and dropped["dropped_classes"].tolist() == [1, 1, 1]
 
 
 def test_simulation_is_a_fixed_function_of_seed_and_case():
-    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.5, seed=3)
+    simulate = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=0.5, seed=3)
     runs = [simulate({"label": _label([0, 1, 2, 3]), "annotated_classes": np.ones(3, np.uint8)}) for _ in range(3)]
     assert all(r["dropped_classes"].tolist() == runs[0]["dropped_classes"].tolist() for r in runs)
     # the dropped organs are gone from the label and from the indicator, the kept ones stay
@@ -68,7 +68,7 @@ def test_simulation_is_a_fixed_function_of_seed_and_case():
 
 
 def test_simulated_missing_fraction_is_close_to_alpha():
-    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=0.7, seed=0)
+    simulate = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=0.7, seed=0)
     drops = [
         simulate({"label": _label([0, 1, 2, 3], f"case_{i:03d}.nii.gz"), "annotated_classes": np.ones(3, np.uint8)})[
             "dropped_classes"
@@ -79,14 +79,14 @@ def test_simulated_missing_fraction_is_close_to_alpha():
 
 
 def test_an_organ_already_missing_is_not_recorded_as_dropped():
-    simulate = SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.0)
+    simulate = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=1.0)
     out = simulate({"label": _label([0, 1, 0, 3]), "annotated_classes": np.array([1, 0, 1], np.uint8)})
     assert out["dropped_classes"].tolist() == [1, 0, 1]
 
 
 def test_missing_rate_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="missing_rate"):
-        SimulateMissingAnnotationsd(num_classes=3, missing_rate=1.5)
+        SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=1.5)
 
 
 def test_probabilities_to_label_map_thresholds_then_argmax():
@@ -95,14 +95,14 @@ def test_probabilities_to_label_map_thresholds_then_argmax():
 
 
 def test_label_map_to_multilabel_drops_background():
-    out = LabelMapToMultiLabel(num_classes=3)(torch.tensor([[0, 3, 1]]))
+    out = LabelMapToMultiLabel(num_foreground_classes=3)(torch.tensor([[0, 3, 1]]))
     assert out.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 0]]
 
 
 def test_pseudo_labels_are_a_separate_weighted_source():
     label = torch.tensor([[0, 0, 0, 2, 0, 1]])
     pseudo = torch.tensor([[1, 3, 0, 1, 2, 0]])  # voxel 3 overlaps a real organ: the real label wins
-    stack = SmileTarget(num_classes=3, pseudo_weight=0.5)(label, np.array([1, 1, 0]), pseudo)
+    stack = SmileTarget(num_foreground_classes=3, pseudo_weight=0.5)(label, np.array([1, 1, 0]), pseudo)
     targets, weights = stack[:3], stack[3:]
     # classes 1 and 2 are annotated: real labels only, weight 1 everywhere (pseudo class 2 at voxel 4 ignored)
     assert targets[:2].tolist() == [[0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
@@ -118,8 +118,8 @@ def test_smile_targetd_consumes_the_pseudo_label_key():
         "annotated_classes": np.array([1, 0]),
         "pseudo_label": torch.tensor([[2, 0]]),
     }
-    out = SmileTargetd("label", num_classes=2)(data)
+    out = SmileTargetd("label", num_foreground_classes=2)(data)
     assert "pseudo_label" not in out
     assert out["label"].tolist() == [[0, 1], [1, 0], [1, 1], [1, 1]]
     with pytest.raises(ValueError, match="pseudo_weight"):
-        SmileTarget(num_classes=2, pseudo_weight=2.0)
+        SmileTarget(num_foreground_classes=2, pseudo_weight=2.0)

@@ -15,9 +15,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from common.data.file_types import RADIOGRAPH_SUFFIXES
 from common.errors import InvalidInputError
 from common.xnet.radiograph_io import (
-    RADIOGRAPH_SUFFIXES,
     RadiographReader,
     read_radiograph,
     write_dicom_cr,

@@ -118,7 +118,9 @@ def test_datalist_follows_the_decathlon_layout(dataset):
             assert not Path(entry["image"]).is_absolute()
             assert (dataset.parent / entry["image"]).is_file() and (dataset.parent / entry["label"]).is_file()
     assert datalist["generator"]["seed"] == 3 and datalist["generator"]["shape"] == list(SHAPE)
-    assert len(load_datalist(dataset, key="validation", num_classes=3)) == 1, "the project's reader accepts it"
+    assert len(load_datalist(dataset, key="validation", num_foreground_classes=3)) == 1, (
+        "the project's reader accepts it"
+    )
 
 
 def test_rerun_reuses_the_dataset_and_other_arguments_are_refused(dataset):

@@ -21,6 +21,7 @@ import torch
 from common.data.atomic import atomic_target
 from common.errors import InvalidInputError
 from common.settings import as_flag
+from common.smile.label_mapping import remap_labels as renumber
 
 __all__ = [
     "Bundle",
@@ -188,10 +189,8 @@ def remap_labels(label: np.ndarray, saved: Mapping[str, int], wanted: Mapping[st
             f"{source}: none of its segments ({', '.join(saved) or 'none'}) is a label of this model "
             f"({', '.join(wanted)}); name the segments as the model's labels"
         )
-    remapped = np.zeros(label.shape, dtype=np.uint8)
-    for name in known:
-        remapped[label == saved[name]] = wanted[name]
-    return remapped
+    mapping = {saved[name]: wanted[name] for name in known}
+    return renumber(torch.as_tensor(np.asarray(label)), mapping).numpy().astype(np.uint8)
 
 
 def drawn_structure(

@@ -1,12 +1,17 @@
-"""Dice per class when some classes are not annotated in some cases."""
+"""Dice per class when some classes are not annotated in some cases (SMILE, SMILEr): the metric, which reads
+the (B, 2K, ...) target stack of :class:`common.smile.SmileTarget`, and its Ignite handlers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 
-__all__ = ["PartialLabelDiceMetric", "partial_label_dice"]
+__all__ = ["PartialLabelDice", "PartialLabelDiceMetric", "partial_label_dice", "per_class_dice"]
 
 
 def partial_label_dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -21,10 +26,10 @@ def partial_label_dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.
         float tensor (B, K). A class absent from both the target and the prediction scores 1; absent from the
         target but predicted, 0.
     """
-    num_classes = prediction.shape[1]
-    if target.shape[1] != 2 * num_classes:
-        raise ValueError(f"target must have 2K = {2 * num_classes} channels, got {target.shape[1]}")
-    labels, weights = target[:, :num_classes] > 0.5, target[:, num_classes:]
+    k = prediction.shape[1]
+    if target.shape[1] != 2 * k:
+        raise ValueError(f"target must have 2K = {2 * k} channels, got {target.shape[1]}")
+    labels, weights = target[:, :k] > 0.5, target[:, k:]
     predicted = prediction > 0.5
     reduce_dims = tuple(range(2, prediction.ndim))
     intersection = (predicted & labels).sum(dim=reduce_dims).float()
@@ -62,3 +67,26 @@ class PartialLabelDiceMetric(CumulativeIterationMetric):
             return per_class[self.class_index]
         valid = per_class[~torch.isnan(per_class)]
         return valid.mean() if len(valid) else torch.tensor(float("nan"))
+
+
+class PartialLabelDice(IgniteMetricHandler):
+    """Mean Dice over the annotated (case, class) pairs, or of one class with ``class_index``.
+
+    ``output_transform`` must return (prediction (B, K, ...), target stack (B, 2K, ...)), see
+    :func:`partial_label_dice`.
+    """
+
+    def __init__(
+        self, class_index: int | None = None, output_transform: Callable = lambda x: x, save_details: bool = True
+    ) -> None:
+        super().__init__(
+            metric_fn=PartialLabelDiceMetric(class_index), output_transform=output_transform, save_details=save_details
+        )
+
+
+def per_class_dice(class_names: Sequence[str], output_transform: Callable) -> dict[str, PartialLabelDice]:
+    """One :class:`PartialLabelDice` per class, named ``val_dice_<class name>``, for ``additional_metrics``."""
+    return {
+        f"val_dice_{name}": PartialLabelDice(index, output_transform, save_details=False)
+        for index, name in enumerate(class_names)
+    }

@@ -7,10 +7,18 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, ScaleIntensityRanged, ScaleIntensityRangePercentilesd
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    Randomizable,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Transform,
+)
 
 from common.data.cases import case_path
 from common.errors import InvalidInputError
+from common.transforms import CheckIntensityWindowd
 
 __all__ = ["RandSlicePairsd", "modality_normalisation"]
 
@@ -22,18 +30,26 @@ def modality_normalisation(
     modality: str,
     hu_window: Sequence[float] = (-300.0, 400.0),
     mri_percentiles: Sequence[float] = (0.5, 99.5),
-) -> MapTransform:
+) -> Transform:
     """Intensities to [0, 255], the scale the edge profile expects: an HU window for CT, percentiles for MRI.
 
     Args:
         keys: the image keys.
         modality: "CT" (HU window ``hu_window``) or "MRI" (the image's ``mri_percentiles``, which suits
             z-score normalised or arbitrary-unit MRI).
-        hu_window: (lower, upper) HU, clipped.
+        hu_window: (lower, upper) HU, clipped. Each image is first checked against it
+            (:class:`~common.transforms.CheckIntensityWindowd`): an image it would flatten, e.g. an MRI in [0, 1], is
+            refused naming the file and ``hu_window``; one that does not look like HU and fits it badly is warned about.
         mri_percentiles: (lower, upper) percentiles of each image, clipped.
     """
     if modality == "CT":
-        return ScaleIntensityRanged(keys, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=255.0, clip=True)
+        advice = "or set --modality MRI (per-image percentiles) if it is not a CT"
+        return Compose(
+            [
+                CheckIntensityWindowd(keys, hu_window, config_id="hu_window", advice=advice),
+                ScaleIntensityRanged(keys, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=255.0, clip=True),
+            ]
+        )
     if modality == "MRI":
         lower, upper = mri_percentiles
         return ScaleIntensityRangePercentilesd(keys, lower=lower, upper=upper, b_min=0.0, b_max=255.0, clip=True)

@@ -1,9 +1,17 @@
 """SMILE and SMILEr (docs/methods/smile.md): targets, loss and Dice metric for partially labelled classes, the
-self-relabeling rounds, pseudo-label selection and class rebalancing, and merging single-structure datasets (with
-the per-case label remapping they need).
+self-relabeling rounds, pseudo-label selection, class rebalancing (CReST) and distribution alignment (CReST+), and
+merging single-structure datasets (with the per-case label remapping they need).
 """
 
 from common.smile.dice import PartialLabelDice, PartialLabelDiceMetric, partial_label_dice, per_class_dice
+from common.smile.distribution_alignment import (
+    ALIGNMENT_SCHEDULES,
+    DistributionAligner,
+    align_probabilities,
+    aligned_target,
+    alignment_temperature,
+    foreground_fractions,
+)
 from common.smile.label_mapping import RemapLabelsd
 from common.smile.loss import SmileLoss
 from common.smile.partial_datalist import merge_datasets, parse_mapping
@@ -37,10 +45,12 @@ from common.smile.targets import (
 )
 
 __all__ = [
+    "ALIGNMENT_SCHEDULES",
     "RETRAIN_MODES",
     "SELECTION_RULES",
     "UNCERTAINTY_MEASURES",
     "AnnotatedClassesd",
+    "DistributionAligner",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
     "MergePseudoLabelsd",
@@ -56,10 +66,14 @@ __all__ = [
     "SmileLoss",
     "SmileTarget",
     "SmileTargetd",
+    "align_probabilities",
+    "aligned_target",
+    "alignment_temperature",
     "binary_entropy",
     "case_record",
     "class_fractions",
     "crest_rates",
+    "foreground_fractions",
     "foreground_one_hot",
     "gamma_schedule",
     "has_dropout",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,13 @@ from common.handlers.checkpoint import load_weights, unwrap
 from common.handlers.progress import shows_progress
 from common.handlers.ranks import barrier, gather_lists, is_main_process, rank, world_size
 from common.settings import as_flag
+from common.smile.distribution_alignment import (
+    ALIGNMENT_SCHEDULES,
+    DistributionAligner,
+    aligned_target,
+    alignment_temperature,
+    foreground_fractions,
+)
 from common.smile.pseudo_label_metrics import pseudo_label_counts
 from common.smile.pseudo_labeler import PseudoLabeler
 from common.smile.relabeling_report import (
@@ -113,6 +121,12 @@ class RelabelingRounds:
             training; the classes it removes are relabelled and scored against the removed truth.
         crest_alpha: CReST exponent >= 0; class rates (N_{K+1-c} / N_1) ** alpha from the voxel counts of the
             real labels multiply gamma_t. 0 relabels every class at gamma_t.
+        alignment: CReST+ distribution alignment of the probabilities before the candidates are thresholded and
+            ranked (docs/methods/smile.md §5.2): None (off), ``"adaptive"`` (temperature from 1 in round 1 to
+            ``alignment_t_min`` in round T) or ``"constant"`` (``alignment_t_min`` in every round). The target is
+            the tempered foreground fraction of each class in the volumes that delineate it (after the
+            simulation); the model's is a running mean over the round's volumes where the class is missing.
+        alignment_t_min: the alignment's last (``"adaptive"``) or constant temperature, in (0, 1].
         retrain: ``"previous"`` continues from the previous round's weights, ``"scratch"`` re-initialises them.
         evaluator: run at each round's end unless it already ran at that epoch; its metrics are saved.
         optimizer: its state (e.g. Adam moments) is cleared when retraining from scratch.
@@ -137,6 +151,8 @@ class RelabelingRounds:
         gamma_max: float = 0.9,
         simulation: Callable[[dict], dict] | None = None,
         crest_alpha: float = 0.0,
+        alignment: str | None = None,
+        alignment_t_min: float = 0.5,
         retrain: str = "previous",
         evaluator: Engine | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -152,6 +168,10 @@ class RelabelingRounds:
             raise ValueError(f"retrain must be one of {RETRAIN_MODES}, got {retrain!r}")
         if crest_alpha < 0:
             raise ValueError(f"crest_alpha must be >= 0, got {crest_alpha}")
+        if alignment is not None:
+            if alignment not in ALIGNMENT_SCHEDULES:
+                raise ValueError(f"alignment must be null (off) or one of {ALIGNMENT_SCHEDULES}, got {alignment!r}")
+            alignment_temperature(1, schedule.num_rounds, alignment_t_min, alignment)  # checks alignment_t_min
         if initial_weights and schedule.initial_epochs:
             raise ValueError("initial_weights replace round 0's training: use a schedule with initial_epochs=0")
         self.schedule = schedule
@@ -164,6 +184,8 @@ class RelabelingRounds:
         self.output_dir = Path(output_dir)
         self.gamma_max = gamma_max
         self.crest_alpha = crest_alpha
+        self.alignment = alignment
+        self.alignment_t_min = alignment_t_min
         self.retrain = retrain
         self.evaluator = evaluator
         self.optimizer = optimizer
@@ -174,6 +196,7 @@ class RelabelingRounds:
         self.seed = seed
         self.device = device
         self._class_rates: torch.Tensor | None = None
+        self._label_statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._case_names = self._unique_case_names()
 
     def _unique_case_names(self) -> list[str]:
@@ -216,6 +239,8 @@ class RelabelingRounds:
             "mc_passes": labeler.mc_passes if labeler.selection == "uncertainty" else None,
             "uncertainty": labeler.uncertainty if labeler.selection == "uncertainty" else None,
             "crest_alpha": self.crest_alpha,
+            "alignment": self.alignment,
+            "alignment_t_min": self.alignment_t_min if self.alignment else None,
             "retrain": self.retrain,
             "initial_weights": str(self.initial_weights) if self.initial_weights else None,
             "seed": self.seed,
@@ -331,6 +356,7 @@ class RelabelingRounds:
         gamma = gamma_schedule(round_index, self.schedule.num_rounds, self.gamma_max)
         rates = self._rates()
         fractions = class_fractions(gamma, rates)
+        aligner, temperature = self._aligner(round_index)
         folder = self._round_dir(round_index)
         records = []
         logger.info(
@@ -342,16 +368,50 @@ class RelabelingRounds:
         )  # fmt: skip
         for index in volumes:
             generator_seed = self.seed + 1000 * round_index + index
-            records.append(self._relabel_case(index, fractions, folder, generator_seed))
+            records.append(self._relabel_case(index, fractions, folder, generator_seed, aligner))
         records = gather_lists(records)
+        if aligner is not None:
+            parts = gather_lists([(aligner.probability_sums.tolist(), aligner.voxels.tolist())])
+            sums = torch.tensor([part[0] for part in parts], dtype=torch.float64).sum(dim=0)
+            voxels = torch.tensor([part[1] for part in parts], dtype=torch.float64).sum(dim=0)
         if is_main_process():
             report = round_report(round_index, gamma, self.labeler.selection, self.class_names, rates, records)
+            if aligner is not None:
+                report["alignment"] = {
+                    "schedule": self.alignment,
+                    "temperature": round(temperature, 6),
+                    "target": self._per_class(aligner.target),
+                    "model": self._per_class(sums / voxels),  # over every relabelled (class, volume) pair
+                }
             write_round_report(report, folder)
             write_summary(self.output_dir, self.class_names, self.schedule.num_rounds)
             logger.info("round %d relabeled (gamma %.3f): %s", round_index, gamma, report["classes"])
         barrier()
 
-    def _relabel_case(self, index: int, fractions: torch.Tensor, folder: Path, seed: int) -> dict:
+    def _per_class(self, values: torch.Tensor) -> dict:
+        """{class name: value rounded to 8 decimals}; None for NaN (a class no volume relabelled)."""
+        return {
+            name: None if math.isnan(value) else round(value, 8)
+            for name, value in zip(self.class_names, values.tolist(), strict=True)
+        }
+
+    def _aligner(self, round_index: int) -> tuple[DistributionAligner | None, float | None]:
+        """The round's CReST+ aligner and temperature; (None, None) without alignment."""
+        if self.alignment is None:
+            return None, None
+        temperature = alignment_temperature(round_index, self.schedule.num_rounds, self.alignment_t_min, self.alignment)
+        _, annotated_counts, annotated_voxels = self._label_counts()
+        labelled = foreground_fractions(annotated_counts, annotated_voxels)
+        target = aligned_target(labelled, temperature)
+        logger.info(
+            "round %d: CReST+ alignment at temperature %.3f, labelled foreground fractions %s, target %s",
+            round_index, temperature, labelled.tolist(), target.tolist(),
+        )  # fmt: skip
+        return DistributionAligner(target), temperature
+
+    def _relabel_case(
+        self, index: int, fractions: torch.Tensor, folder: Path, seed: int, aligner: DistributionAligner | None = None
+    ) -> dict:
         loaded = self.load_transform(dict(self.datalist[index]))
         truth = loaded["label"]
         simulated = self.simulation(dict(loaded)) if self.simulation is not None else loaded
@@ -365,6 +425,8 @@ class RelabelingRounds:
         if relabelled.any():
             with _seeded(seed, self.device):
                 probabilities, uncertainty = self.labeler.predict(simulated["image"], self.device)
+            if aligner is not None:
+                probabilities = aligner(probabilities, relabelled)
             pseudo = self.labeler.select(probabilities, uncertainty, simulated["label"], fractions * relabelled)
             voxels = foreground_one_hot(pseudo, num_foreground_classes).sum(dim=tuple(range(1, pseudo.ndim)))
             counts = pseudo_label_counts(pseudo, torch.as_tensor(truth), evaluated)
@@ -380,15 +442,35 @@ class RelabelingRounds:
         if self.crest_alpha == 0:
             return torch.ones(len(self.class_names))
         if self._class_rates is None:
-            counts = torch.zeros(len(self.class_names), dtype=torch.int64)
-            for entry in self.datalist:
-                loaded = self.load_transform(dict(entry))
-                label = (self.simulation(dict(loaded)) if self.simulation is not None else loaded)["label"]
-                one_hot = foreground_one_hot(torch.as_tensor(label), len(self.class_names))
-                counts += one_hot.sum(dim=tuple(range(1, one_hot.ndim)))
+            counts, _, _ = self._label_counts()
             self._class_rates = crest_rates(counts, self.crest_alpha)
             logger.info("CReST class voxel counts %s, rates %s", counts.tolist(), self._class_rates.tolist())
         return self._class_rates
+
+    def _label_counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over the real labels, after the simulation; (K,) int64 each, cached:
+
+        - the voxels of each class in all volumes (CReST's counts);
+        - the voxels of each class in the volumes that delineate it;
+        - the voxels of those volumes (for the labelled foreground fractions of the alignment).
+        """
+        if self._label_statistics is None:
+            num_foreground_classes = len(self.class_names)
+            counts = torch.zeros(num_foreground_classes, dtype=torch.int64)
+            annotated_counts = torch.zeros(num_foreground_classes, dtype=torch.int64)
+            annotated_voxels = torch.zeros(num_foreground_classes, dtype=torch.int64)
+            for entry in self.datalist:
+                loaded = self.load_transform(dict(entry))
+                simulated = self.simulation(dict(loaded)) if self.simulation is not None else loaded
+                label = torch.as_tensor(simulated["label"])
+                one_hot = foreground_one_hot(label, num_foreground_classes)
+                per_class = one_hot.sum(dim=tuple(range(1, one_hot.ndim)))
+                annotated = torch.as_tensor(simulated["annotated_classes"]).bool()
+                counts += per_class
+                annotated_counts += torch.where(annotated, per_class, 0)
+                annotated_voxels += annotated.long() * label[0].numel()
+            self._label_statistics = (counts, annotated_counts, annotated_voxels)
+        return self._label_statistics
 
     def _use_pseudo_labels(self, round_index: int) -> None:
         """Give the training dataset round ``round_index``'s pseudo-labels."""

@@ -14,7 +14,7 @@ from common.smile.distribution_alignment import (
 )
 from common.smile.label_mapping import RemapLabelsd
 from common.smile.loss import SmileLoss
-from common.smile.partial_datalist import merge_datasets, parse_mapping
+from common.smile.partial_datalist import merge_datasets, parse_mapping, site_datalist
 from common.smile.pseudo_label_metrics import precision_recall, pseudo_label_counts
 from common.smile.pseudo_labeler import SELECTION_RULES, UNCERTAINTY_MEASURES, PseudoLabeler
 from common.smile.relabeling import RETRAIN_MODES, RelabelingRounds, reinitialize_parameters
@@ -89,6 +89,7 @@ __all__ = [
     "select_confident",
     "select_least_uncertain",
     "select_top_fraction",
+    "site_datalist",
     "write_round_report",
     "write_summary",
 ]

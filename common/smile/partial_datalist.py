@@ -10,12 +10,21 @@ no label file is rewritten. Train with :class:`common.smile.RemapLabelsd` right 
         --source /data/Task07_Pancreas/dataset.json 1=pancreas,2=pancreas \\
         --source /data/Task09_Spleen/dataset.json 1=spleen \\
         --output /data/combined/dataset.json --validation_fraction 0.1
+
+:func:`site_datalist` simulates the same setting on one fully labelled dataset: each training case (each patient,
+with all its frames) is assigned to one of K "sites", and site k annotates class k only::
+
+    python -m common.smile.partial_datalist sites --datalist /data/acdc/datalist.json \\
+        --num_foreground_classes 3 --output /data/acdc/sites.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +34,7 @@ from common.data.datalist import load_datalist
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
 
-__all__ = ["merge_datasets", "parse_mapping"]
+__all__ = ["merge_datasets", "parse_mapping", "site_datalist"]
 
 
 def merge_datasets(
@@ -137,6 +146,52 @@ def _datalist(sources: Sequence, class_names: Sequence[str], training: list, val
     return content
 
 
+def site_datalist(
+    datalist: Mapping, num_foreground_classes: int, seed: int = 0, group_key: str | None = "patient"
+) -> dict:
+    """A copy of ``datalist`` whose training cases are split among K single-structure "sites".
+
+    Site k (1..K) annotates class k only: every ``training`` entry gets ``annotated_classes: [site]``. Cases are
+    grouped by ``entry[group_key]`` (e.g. both frames of an ACDC patient), or each case is its own group when
+    ``group_key`` is None; the groups, in order of first appearance, are shuffled with ``seed`` and dealt to the
+    sites in turn, so group counts per site differ by at most one. Other sections (validation, test) are copied
+    unchanged and keep their full labels.
+
+    Raises:
+        InvalidInputError: when there is no ``training`` list, a training entry lacks ``group_key``, or there are
+            fewer groups than sites.
+    """
+    if num_foreground_classes < 1:
+        raise ValueError(f"num_foreground_classes must be at least 1, got {num_foreground_classes}")
+    result = copy.deepcopy(dict(datalist))
+    training = result.get("training")
+    if not isinstance(training, list):
+        raise InvalidInputError("the datalist has no 'training' list of cases to assign to sites")
+    groups: dict = {}
+    for index, entry in enumerate(training):
+        if group_key is None:
+            groups[index] = [entry]
+        elif not isinstance(entry, Mapping) or group_key not in entry:
+            name = entry.get("image", f"#{index}") if isinstance(entry, Mapping) else f"#{index}"
+            raise InvalidInputError(
+                f"training case {name} has no {group_key!r} key to group it by; add it to every training entry, "
+                "or group each case on its own (group_key None, --group_key '')"
+            )
+        else:
+            groups.setdefault(entry[group_key], []).append(entry)
+    if len(groups) < num_foreground_classes:
+        unit = "cases" if group_key is None else f"groups of {group_key!r}"
+        raise InvalidInputError(
+            f"{len(groups)} training {unit} cannot cover {num_foreground_classes} sites: each site needs at least one"
+        )
+    order = np.random.default_rng(seed).permutation(len(groups))
+    members = list(groups.values())
+    for position, group_index in enumerate(order.tolist()):
+        for entry in members[group_index]:
+            entry["annotated_classes"] = [position % num_foreground_classes + 1]
+    return result
+
+
 def parse_mapping(text: str) -> dict[int, str]:
     """Parse a command line label mapping: ``"1=liver,2=liver"`` -> ``{1: "liver", 2: "liver"}``.
 
@@ -156,7 +211,14 @@ def parse_mapping(text: str) -> dict[int, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point: merge the sources and print the path of the merged datalist."""
+    """Command line entry point: merge the sources and print the path of the merged datalist.
+
+    ``sites`` as the first argument runs :func:`site_datalist` instead (see the module's docstring).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sites"]:
+        _sites_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(
         prog="python -m common.smile.partial_datalist",
         description="Merge MSD datasets into one partially labelled datalist (label files are left as they are).",
@@ -186,6 +248,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"Merged datalist: {path}")
+
+
+def _sites_main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.smile.partial_datalist sites",
+        description="Assign each training case (patient) of a datalist to one single-structure site.",
+    )
+    parser.add_argument("--datalist", required=True, help="the fully labelled datalist JSON")
+    parser.add_argument("--num_foreground_classes", type=int, required=True, help="K: the number of sites")
+    parser.add_argument("--output", required=True, help="the datalist written, with annotated_classes per case")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the assignment")
+    parser.add_argument("--group_key", default="patient", help="key grouping cases; '' for one case per group")
+    args = parser.parse_args(argv)
+    if Path(os.path.abspath(args.output)) == Path(os.path.abspath(args.datalist)):
+        parser.error("--output would overwrite --datalist")
+    try:
+        with open(args.datalist, encoding="utf-8") as file:
+            datalist = json.load(file)
+        if not isinstance(datalist, dict):
+            raise InvalidInputError("the datalist is not a JSON object")
+        result = site_datalist(datalist, args.num_foreground_classes, args.seed, args.group_key or None)
+    except (OSError, ValueError) as error:
+        parser.exit(1, f"{parser.prog}: error: {args.datalist}: {error}\n")
+    _rebase_paths(result, Path(os.path.abspath(args.datalist)).parent, Path(os.path.abspath(args.output)).parent)
+    print(f"Site datalist: {write_json(result, args.output)}")
+
+
+def _rebase_paths(datalist: dict, source_folder: Path, output_folder: Path) -> None:
+    """Make the relative image and label paths of every section relative to the output's folder, in place."""
+    if source_folder == output_folder:
+        return
+    for section in datalist.values():
+        if not isinstance(section, list):
+            continue
+        for entry in section:
+            for key in ("image", "label"):
+                if isinstance(entry, dict) and isinstance(entry.get(key), str) and not os.path.isabs(entry[key]):
+                    entry[key] = _relative(str(source_folder / entry[key]), output_folder)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,11 @@ class SimulateMissingAnnotationsd(Transform):
     epoch and every process. Dropped organs are relabelled background and removed from the annotation
     indicator; ``dropped_key`` records them as a (K,) uint8 indicator.
 
+    With ``keep_at_least_one``, a case whose draw would drop every one of its annotated classes keeps one of
+    them: after the K draws, the same seeded generator picks it uniformly among the annotated classes, so the
+    kept class also depends only on ``seed`` and the case's file name. Cases that keep some class anyway, and
+    cases with no annotated class, are unaffected.
+
     Args:
         num_foreground_classes: K, the number of foreground classes.
         missing_rate: alpha in [0, 1], the probability that an organ's delineation is removed from a case.
@@ -77,6 +82,7 @@ class SimulateMissingAnnotationsd(Transform):
         label_key: key of the integer label map, shape (1, *spatial).
         annotated_key: key of the (K,) indicator made by :class:`AnnotatedClassesd`.
         dropped_key: key written with the (K,) indicator of dropped classes.
+        keep_at_least_one: never drop every annotated class of a case (see above); False drops each independently.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class SimulateMissingAnnotationsd(Transform):
         label_key: str = "label",
         annotated_key: str = "annotated_classes",
         dropped_key: str = "dropped_classes",
+        keep_at_least_one: bool = False,
     ) -> None:
         if not 0.0 <= missing_rate <= 1.0:
             raise ValueError(f"missing_rate must be in [0, 1], got {missing_rate}")
@@ -96,12 +103,17 @@ class SimulateMissingAnnotationsd(Transform):
         self.label_key = label_key
         self.annotated_key = annotated_key
         self.dropped_key = dropped_key
+        self.keep_at_least_one = keep_at_least_one
 
     def dropped_classes(self, name: str, annotated: np.ndarray) -> np.ndarray:
         """(K,) uint8 indicator of the annotated classes that case ``name`` loses."""
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
         draws = rng.random(self.num_foreground_classes)
-        return ((draws < self.missing_rate) & (annotated > 0)).astype(np.uint8)
+        dropped = ((draws < self.missing_rate) & (annotated > 0)).astype(np.uint8)
+        annotated_indices = np.flatnonzero(annotated)
+        if self.keep_at_least_one and annotated_indices.size and dropped[annotated_indices].all():
+            dropped[annotated_indices[rng.integers(annotated_indices.size)]] = 0
+        return dropped
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -12,7 +12,7 @@ from common.data.datalist import load_datalist
 from common.data.json_io import write_json
 from common.errors import InvalidInputError
 from common.smile import RemapLabelsd
-from common.smile.partial_datalist import main, merge_datasets
+from common.smile.partial_datalist import main, merge_datasets, site_datalist
 
 CLASSES = ["liver", "pancreas", "spleen"]
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +120,68 @@ def test_malformed_command_line_mapping(sources, tmp_path, capsys, mapping):
         main(arguments)
     assert exit_info.value.code == 2
     assert "malformed label mapping" in capsys.readouterr().err
+
+
+def _acdc_like(num_patients=9):
+    training = [
+        {"image": f"p{p:03d}_f{f}_image.nii.gz", "label": f"p{p:03d}_f{f}_label.nii.gz", "patient": f"p{p:03d}"}
+        for p in range(num_patients)
+        for f in (1, 2)
+    ]
+    validation = [{"image": "v_image.nii.gz", "label": "v_label.nii.gz", "patient": "v"}]
+    return {"name": "acdc", "training": training, "validation": validation}
+
+
+def test_site_datalist_is_balanced_by_patient_and_leaves_validation_alone():
+    datalist = _acdc_like()
+    sites = site_datalist(datalist, num_foreground_classes=3, seed=0)
+    patient_site = {}
+    for entry in sites["training"]:
+        assert len(entry["annotated_classes"]) == 1
+        site = entry["annotated_classes"][0]
+        assert patient_site.setdefault(entry["patient"], site) == site  # both frames at one site
+    assert sorted(list(patient_site.values()).count(site) for site in (1, 2, 3)) == [3, 3, 3]
+    assert sites["validation"] == datalist["validation"] and sites["name"] == "acdc"
+    assert "annotated_classes" not in datalist["training"][0]  # the input is not modified
+
+
+def test_site_datalist_is_seeded():
+    datalist = _acdc_like(10)
+    first = site_datalist(datalist, 3, seed=4)
+    assert first == site_datalist(datalist, 3, seed=4)
+    assert any(site_datalist(datalist, 3, seed=seed) != first for seed in range(5, 10))
+    counts = [sum(e["annotated_classes"] == [k] for e in first["training"]) // 2 for k in (1, 2, 3)]
+    assert sorted(counts) == [3, 3, 4]
+
+
+def test_site_datalist_without_groups_assigns_each_case():
+    sites = site_datalist(_acdc_like(3), 3, group_key=None)
+    assert sorted(e["annotated_classes"][0] for e in sites["training"]) == [1, 1, 2, 2, 3, 3]
+
+
+def test_site_datalist_errors_name_the_problem():
+    with pytest.raises(InvalidInputError, match="2 training groups of 'patient' cannot cover 3 sites"):
+        site_datalist(_acdc_like(2), 3)
+    datalist = _acdc_like()
+    del datalist["training"][5]["patient"]
+    with pytest.raises(InvalidInputError, match=r"p002_f2_image\.nii\.gz has no 'patient' key"):
+        site_datalist(datalist, 3)
+    with pytest.raises(InvalidInputError, match="no 'training' list"):
+        site_datalist({"validation": []}, 3)
+
+
+def test_sites_command_line(tmp_path, capsys):
+    source = write_json(_acdc_like(), tmp_path / "acdc" / "datalist.json")
+    output = tmp_path / "out" / "sites.json"
+    main(["sites", "--datalist", str(source), "--num_foreground_classes", "3", "--output", str(output), "--seed", "2"])
+    assert str(output) in capsys.readouterr().out
+    written = json.loads(output.read_text())
+    expected = site_datalist(_acdc_like(), 3, seed=2)
+    assert [e["annotated_classes"] for e in written["training"]] == [
+        e["annotated_classes"] for e in expected["training"]
+    ]
+    # paths stay valid from the output's folder
+    assert written["training"][0]["image"] == str(Path("..") / "acdc" / "p000_f1_image.nii.gz")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sites", "--datalist", str(source), "--num_foreground_classes", "30", "--output", str(output)])
+    assert exit_info.value.code == 1 and "cannot cover 30 sites" in capsys.readouterr().err

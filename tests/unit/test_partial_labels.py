@@ -84,6 +84,51 @@ def test_an_organ_already_missing_is_not_recorded_as_dropped():
     assert out["dropped_classes"].tolist() == [1, 0, 1]
 
 
+def _simulate_all_dropped(seed, name):
+    simulate = SimulateMissingAnnotationsd(
+        num_foreground_classes=3, missing_rate=1.0, seed=seed, keep_at_least_one=True
+    )
+    return simulate({"label": _label([0, 1, 2, 3], name), "annotated_classes": np.ones(3, np.uint8)})
+
+
+def test_keep_at_least_one_keeps_one_class_when_all_would_be_dropped():
+    out = _simulate_all_dropped(0, "case_007.nii.gz")
+    kept = out["annotated_classes"].tolist()
+    assert sum(kept) == 1 and out["dropped_classes"].tolist() == [1 - k for k in kept]
+    kept_class = kept.index(1) + 1
+    assert sorted(set(out["label"].flatten().tolist())) == [0, kept_class]
+    # a fixed function of seed and case name
+    assert _simulate_all_dropped(0, "case_007.nii.gz")["annotated_classes"].tolist() == kept
+    by_seed = {
+        tuple(_simulate_all_dropped(seed, "case_007.nii.gz")["annotated_classes"].tolist()) for seed in range(20)
+    }
+    assert len(by_seed) > 1
+
+
+def test_keep_at_least_one_keeps_an_annotated_class_only():
+    simulate = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=1.0, keep_at_least_one=True)
+    out = simulate({"label": _label([0, 1, 0, 3]), "annotated_classes": np.array([1, 0, 1], np.uint8)})
+    assert out["annotated_classes"].tolist() in ([1, 0, 0], [0, 0, 1])
+    none = simulate({"label": _label([0, 0, 0, 0]), "annotated_classes": np.zeros(3, np.uint8)})
+    assert none["annotated_classes"].tolist() == [0, 0, 0] and none["dropped_classes"].tolist() == [0, 0, 0]
+
+
+def test_keep_at_least_one_changes_nothing_else():
+    data = {"label": _label([0, 1, 2, 3]), "annotated_classes": np.ones(3, np.uint8)}
+    kept = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=0.0, keep_at_least_one=True)(data)
+    assert kept["label"].tolist() == [[0, 1, 2, 3]] and kept["dropped_classes"].tolist() == [0, 0, 0]
+    # where some class survives the draw anyway, the result is the default one
+    for i in range(50):
+        case = {"label": _label([0, 1, 2, 3], f"case_{i:03d}.nii.gz"), "annotated_classes": np.ones(3, np.uint8)}
+        default = SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=0.5, seed=1)(case)
+        keeping = SimulateMissingAnnotationsd(
+            num_foreground_classes=3, missing_rate=0.5, seed=1, keep_at_least_one=True
+        )(case)
+        assert keeping["annotated_classes"].sum() >= 1
+        if default["annotated_classes"].sum():
+            assert keeping["dropped_classes"].tolist() == default["dropped_classes"].tolist()
+
+
 def test_missing_rate_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="missing_rate"):
         SimulateMissingAnnotationsd(num_foreground_classes=3, missing_rate=1.5)

@@ -1,6 +1,7 @@
 """SMILE and SMILEr (docs/methods/smile.md): targets, loss and Dice metric for partially labelled classes, the
 self-relabeling rounds, pseudo-label selection, class rebalancing (CReST) and distribution alignment (CReST+), and
-merging single-structure datasets (with the per-case label remapping they need).
+merging single-structure datasets (with the per-case label remapping they need), and the peer losses that SMILE is
+compared with (marginal + exclusion loss, MultiTalent-style partial BCE + Dice).
 """
 
 from common.smile.dice import PartialLabelDice, PartialLabelDiceMetric, partial_label_dice, per_class_dice
@@ -15,6 +16,7 @@ from common.smile.distribution_alignment import (
 from common.smile.label_mapping import RemapLabelsd
 from common.smile.loss import SmileLoss
 from common.smile.partial_datalist import merge_datasets, parse_mapping, site_datalist
+from common.smile.peer_losses import MarginalExclusionLoss, PartialBCEDiceLoss
 from common.smile.pseudo_label_metrics import precision_recall, pseudo_label_counts
 from common.smile.pseudo_labeler import SELECTION_RULES, UNCERTAINTY_MEASURES, PseudoLabeler
 from common.smile.relabeling import RETRAIN_MODES, RelabelingRounds, reinitialize_parameters
@@ -53,7 +55,9 @@ __all__ = [
     "DistributionAligner",
     "LabelMapToMultiLabel",
     "LabelMapToMultiLabeld",
+    "MarginalExclusionLoss",
     "MergePseudoLabelsd",
+    "PartialBCEDiceLoss",
     "PartialLabelDice",
     "PartialLabelDiceMetric",
     "ProbabilitiesToLabelMap",
